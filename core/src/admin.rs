@@ -1,0 +1,65 @@
+//! A small HTTP/1 server for the admin, readiness and metrics ports.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::drain::DrainWatch;
+
+/// What a handler returns: status, content type, body.
+pub type Reply = (StatusCode, &'static str, String);
+pub type Handler = Arc<dyn Fn(&http::request::Parts) -> Reply + Send + Sync>;
+
+pub fn json(value: &impl serde::Serialize) -> Reply {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => (StatusCode::OK, "application/json", body),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    (status, "text/plain; charset=utf-8", body.into())
+}
+
+/// Serves `handler` on `listener` until the drain starts.
+pub async fn serve(listener: TcpListener, handler: Handler, drain: DrainWatch) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = drain.stopping() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<Incoming>| {
+                let (parts, _) = req.into_parts();
+                let (status, ctype, body) = handler(&parts);
+                let resp = Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, ctype)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response parts are valid");
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,239 @@
+//! A certificate authority for SPIFFE workload certificates.
+//!
+//! ztunnel uses it as the built-in development CA in file mode; the control plane uses it to sign CSRs.
+//! Leaf certificates carry one URI SAN and an empty subject, as Istio's do.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::identity::Identity;
+use crate::tls::WorkloadCert;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("CA file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA certificate {path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("CSR does not ask for exactly the identity {expected}: {reason}")]
+    CsrIdentity { expected: String, reason: String },
+}
+
+/// Signs workload certificates for one trust domain.
+pub struct CertificateAuthority {
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's certificate followed by any parents up to the root, in PEM.
+    chain_pem: Vec<String>,
+    roots: Vec<CertificateDer<'static>>,
+    key_pem: String,
+}
+
+const CERT_FILE: &str = "root-cert.pem";
+const KEY_FILE: &str = "root-key.pem";
+
+impl CertificateAuthority {
+    /// A new self-signed root for `trust_domain`.
+    pub fn generate(trust_domain: &str) -> Result<Self, CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        let pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            roots: vec![cert.der().clone()],
+            chain_pem: vec![pem],
+            issuer: Issuer::new(params, key),
+            key_pem,
+        })
+    }
+
+    /// A CA from a certificate (optionally followed by its parents, root last) and its key, in PEM.
+    pub fn from_pem(
+        trust_domain: &str,
+        cert_chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, CaError> {
+        let ders = crate::tls::parse_pem_certs(cert_chain_pem);
+        let first = ders.first().ok_or(CaError::NoCertificate {
+            path: "<pem>".into(),
+        })?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_der(first, key)?;
+        let chain_pem = ders.iter().map(der_to_pem).collect();
+        let roots = vec![ders.last().expect("non-empty chain checked above").clone()];
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            issuer,
+            chain_pem,
+            roots,
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// Loads the CA kept in `dir`, creating and persisting one first if there is none.
+    /// Safe when several processes start at once: the first to link its files wins, the others load them.
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CaError::Io { path, source }
+        };
+        let cert_path = dir.join(CERT_FILE);
+        let key_path = dir.join(KEY_FILE);
+        if !cert_path.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let fresh = Self::generate(trust_domain)?;
+            let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            std::fs::write(tmp.join(KEY_FILE), &fresh.key_pem).map_err(io(&tmp))?;
+            std::fs::write(tmp.join(CERT_FILE), &fresh.chain_pem[0]).map_err(io(&tmp))?;
+            // Key first, certificate last: a reader that sees the certificate finds the key too.
+            let _ = std::fs::hard_link(tmp.join(KEY_FILE), &key_path);
+            let _ = std::fs::hard_link(tmp.join(CERT_FILE), &cert_path);
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        Self::from_pem(trust_domain, &cert, &key)
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The trust anchors a peer of this CA's workloads needs.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    pub fn root_pem(&self) -> &str {
+        self.chain_pem
+            .last()
+            .expect("a CA always has a certificate")
+    }
+
+    /// Issues a certificate and a fresh key for `identity` (development CA: the key never leaves this process).
+    pub fn issue(&self, identity: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        let key = KeyPair::generate()?;
+        let params = leaf_params(identity, ttl)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.intermediates());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok(WorkloadCert::new(
+            identity.clone(),
+            chain,
+            key,
+            self.roots.clone(),
+            SystemTime::now() + ttl,
+        ))
+    }
+
+    /// Signs a PEM CSR for `identity`, returning the chain leaf first, root last (Istio's CA response order).
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<Vec<String>, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let wanted = SanType::URI(identity.to_string().try_into()?);
+        let sans = &csr.params.subject_alt_names;
+        if sans.len() != 1 || sans[0] != wanted {
+            return Err(CaError::CsrIdentity {
+                expected: identity.to_string(),
+                reason: format!("CSR asks for {sans:?}"),
+            });
+        }
+        let mut params = leaf_params(identity, ttl)?;
+        params.subject_alt_names = vec![wanted];
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        let mut out = vec![cert.pem()];
+        out.extend(self.chain_pem.iter().cloned());
+        Ok(out)
+    }
+
+    fn intermediates(&self) -> impl Iterator<Item = CertificateDer<'static>> + '_ {
+        // Everything in the chain but the root (the root is a trust anchor, not sent).
+        let n = self.chain_pem.len().saturating_sub(1);
+        self.chain_pem[..n]
+            .iter()
+            .flat_map(|p| crate::tls::parse_pem_certs(p))
+    }
+}
+
+fn leaf_params(identity: &Identity, ttl: Duration) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::try_from(ttl).unwrap_or(time::Duration::days(1));
+    Ok(params)
+}
+
+fn der_to_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_leaf_with_only_uri_san() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let id = Identity::new("cluster.local", "default", "echo");
+        let cert = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+        assert_eq!(crate::tls::identity_of(&cert.chain()[0]).unwrap(), id);
+    }
+
+    #[test]
+    fn persisted_ca_round_trips() {
+        let dir = std::env::temp_dir().join(format!("mesh-ca-test-{}", std::process::id()));
+        let a = CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
+        let b = CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
+        assert_eq!(a.roots(), b.roots());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pem_matches_der() {
+        let ca = CertificateAuthority::generate("td").unwrap();
+        let reparsed = crate::tls::parse_pem_certs(&der_to_pem(&ca.roots()[0]));
+        assert_eq!(reparsed, ca.roots());
+    }
+}

@@ -1,0 +1,83 @@
+//! Prometheus registries: one per component, labels as typed sets, text exposition for the metrics port.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Renders a registry in the Prometheus text format (OpenMetrics, as prometheus-client writes it).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// Label values are written as Prometheus users expect them (lower case), hence the variant names.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    inbound,
+    outbound,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeFailure {
+    foreign_trust_domain,
+    identity_mismatch,
+    unknown_issuer,
+    expired,
+    no_client_certificate,
+    not_tls,
+    eof,
+    timeout,
+    other,
+}
+
+impl HandshakeFailure {
+    pub fn classify(err: &std::io::Error) -> Self {
+        match crate::tls::handshake_failure_reason(err) {
+            "foreign_trust_domain" => Self::foreign_trust_domain,
+            "identity_mismatch" => Self::identity_mismatch,
+            "unknown_issuer" => Self::unknown_issuer,
+            "expired" => Self::expired,
+            "no_client_certificate" => Self::no_client_certificate,
+            "not_tls" => Self::not_tls,
+            "eof" => Self::eof,
+            _ => Self::other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: Direction,
+    pub reason: HandshakeFailure,
+}
+
+/// Metrics of the HBONE layer, shared by every process that speaks it.
+#[derive(Clone, Default)]
+pub struct HboneMetrics {
+    pub handshake_failures: Family<HandshakeLabels, Counter>,
+}
+
+impl HboneMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "mesh_tls_handshake_failures",
+            "mTLS handshakes that failed, by direction and reason",
+            m.handshake_failures.clone(),
+        );
+        m
+    }
+
+    pub fn handshake_failed(&self, direction: Direction, err: &std::io::Error) -> HandshakeFailure {
+        let reason = HandshakeFailure::classify(err);
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { direction, reason })
+            .inc();
+        reason
+    }
+}

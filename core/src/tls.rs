@@ -1,0 +1,314 @@
+//! Mutual TLS where the only identity is a SPIFFE URI SAN.
+//!
+//! The client checks the server's chain against the mesh roots and that its identity is one of those expected for
+//! the destination (never a hostname). The server requires a client certificate from its own trust domain.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error as RustlsError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("invalid TLS configuration: {0}")]
+    Config(#[from] RustlsError),
+    #[error("cannot build client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("certificate has no SPIFFE URI SAN: {0}")]
+    NoIdentity(String),
+}
+
+/// ALPN for HBONE: HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A workload's certificate chain (leaf first), its key, and the roots it trusts.
+#[derive(Clone)]
+pub struct WorkloadCert {
+    identity: Identity,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+    not_after: SystemTime,
+}
+
+impl fmt::Debug for WorkloadCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadCert")
+            .field("identity", &self.identity.to_string())
+            .field("chain_len", &self.chain.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkloadCert {
+    pub fn new(
+        identity: Identity,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+        not_after: SystemTime,
+    ) -> Self {
+        Self {
+            identity,
+            chain,
+            key: Arc::new(key),
+            roots,
+            not_after,
+        }
+    }
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Server side of HBONE: presents this certificate, demands a client certificate from the same trust domain.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = provider();
+        let inner = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(root_store(&self.roots)),
+            provider.clone(),
+        )
+        .build()?;
+        let verifier = Arc::new(TrustDomainClientVerifier {
+            inner,
+            trust_domain: self.identity.trust_domain.clone(),
+        });
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// Client side of HBONE: presents this certificate, accepts a server only if its identity is in `expected`.
+    pub fn client_config(&self, expected: Vec<Identity>) -> Result<Arc<ClientConfig>, TlsError> {
+        let provider = provider();
+        let verifier = Arc::new(IdentityServerVerifier {
+            roots: root_store(&self.roots),
+            expected,
+            algs: provider.signature_verification_algorithms,
+        });
+        let mut cfg = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// The crypto provider the mesh uses everywhere (ring: no C toolchain beyond cc, fast to build).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {
+    let mut store = RootCertStore::empty();
+    // Roots are our own CA's; one that fails to parse is skipped and the handshake then fails with a clear error.
+    let _ = store.add_parsable_certificates(roots.iter().cloned());
+    store
+}
+
+/// PEM certificates in `pem` (others blocks are ignored).
+pub fn parse_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// The SPIFFE identity in a certificate's URI SAN.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::NoIdentity(format!("unparsable certificate: {e}")))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::NoIdentity(format!("bad SAN extension: {e}")))?
+        .ok_or_else(|| TlsError::NoIdentity("no SAN extension".into()))?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Ok(id) = uri.parse::<Identity>() {
+                return Ok(id);
+            }
+        }
+    }
+    Err(TlsError::NoIdentity("no spiffe:// URI SAN".into()))
+}
+
+/// The verified identity of the peer of an established TLS connection.
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| identity_of(c).ok())
+}
+
+fn bad_cert(reason: impl Into<String>) -> RustlsError {
+    RustlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        IdentityMismatch(reason.into()),
+    ))))
+}
+
+#[derive(Debug)]
+struct IdentityMismatch(String);
+impl fmt::Display for IdentityMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for IdentityMismatch {}
+
+#[derive(Debug)]
+struct IdentityServerVerifier {
+    roots: RootCertStore,
+    expected: Vec<Identity>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for IdentityServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, RustlsError> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let id = identity_of(end_entity).map_err(|e| bad_cert(e.to_string()))?;
+        if !self.expected.contains(&id) {
+            let want: Vec<String> = self.expected.iter().map(Identity::to_string).collect();
+            return Err(bad_cert(format!(
+                "server identity {id} is not one of {want:?}"
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct TrustDomainClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for TrustDomainClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, RustlsError> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = identity_of(end_entity).map_err(|e| bad_cert(e.to_string()))?;
+        if id.trust_domain != self.trust_domain {
+            return Err(bad_cert(format!(
+                "client identity {id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A short, stable reason for a failed handshake, used as a metric label.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    let text = err.to_string();
+    if text.contains("not in trust domain") {
+        "foreign_trust_domain"
+    } else if text.contains("is not one of") {
+        "identity_mismatch"
+    } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        "unknown_issuer"
+    } else if text.contains("Expired") || text.contains("expired") {
+        "expired"
+    } else if text.contains("NoCertificatesPresented") || text.contains("no certificate") {
+        "no_client_certificate"
+    } else if text.contains("InvalidContentType")
+        || text.contains("corrupt message")
+        || text.contains("InvalidMessage")
+    {
+        "not_tls"
+    } else if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        "eof"
+    } else {
+        "other"
+    }
+}

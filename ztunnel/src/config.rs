@@ -1,0 +1,127 @@
+//! ztunnel's typed config: defaults, then an optional YAML file, then environment variables; validated at start
+//! and served at `/config_dump`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+use mesh_core::hbone::{H2Settings, PoolSettings};
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Config {
+    /// The Kubernetes node this ztunnel serves (env `NODE_NAME`).
+    pub node_name: String,
+    /// SPIFFE trust domain (env `TRUST_DOMAIN`).
+    pub trust_domain: String,
+    /// Local file of workloads and services, used instead of the control plane (env `LOCAL_STATE_FILE`).
+    pub local_state_file: Option<PathBuf>,
+    /// Directory holding the development CA's root (created on first start) (env `DEV_CA_DIR`).
+    pub dev_ca_dir: Option<PathBuf>,
+    /// Where the node agent leaves enrolled pods and the socket it nudges ztunnel on (env `ZTUNNEL_RUN_DIR`).
+    pub run_dir: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    #[serde(with = "duration")]
+    pub certificate_ttl: Duration,
+    #[serde(with = "duration")]
+    pub state_poll_interval: Duration,
+    pub h2: H2Settings,
+    pub pool: PoolSettings,
+    /// Buffer size of each direction of a proxied connection.
+    pub copy_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            trust_domain: "cluster.local".into(),
+            local_state_file: None,
+            dev_ca_dir: None,
+            run_dir: PathBuf::from("/var/run/ztunnel"),
+            admin_addr: "127.0.0.1:15000".parse().expect("static address"),
+            metrics_addr: "0.0.0.0:15020".parse().expect("static address"),
+            readiness_addr: "0.0.0.0:15021".parse().expect("static address"),
+            drain_timeout: Duration::from_secs(30),
+            certificate_ttl: Duration::from_secs(24 * 3600),
+            state_poll_interval: Duration::from_secs(1),
+            h2: H2Settings::default(),
+            pool: PoolSettings::default(),
+            copy_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the config: `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg: Config = match file {
+            Some(p) => load_yaml(p)?,
+            None => Config::default(),
+        };
+        env_override("NODE_NAME", &mut cfg.node_name)?;
+        env_override("TRUST_DOMAIN", &mut cfg.trust_domain)?;
+        env_override("ZTUNNEL_RUN_DIR", &mut cfg.run_dir)?;
+        env_override("ADMIN_ADDR", &mut cfg.admin_addr)?;
+        env_override("METRICS_ADDR", &mut cfg.metrics_addr)?;
+        env_override("READINESS_ADDR", &mut cfg.readiness_addr)?;
+        if let Ok(p) = std::env::var("LOCAL_STATE_FILE") {
+            cfg.local_state_file = Some(p.into());
+        }
+        if let Ok(p) = std::env::var("DEV_CA_DIR") {
+            cfg.dev_ca_dir = Some(p.into());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.node_name.is_empty() {
+            return invalid(
+                "nodeName",
+                "must be set (env NODE_NAME): ztunnel serves the pods of one node",
+            );
+        }
+        if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
+            return invalid("trustDomain", "must be a non-empty name without '/'");
+        }
+        if self.local_state_file.is_none() {
+            return invalid(
+                "localStateFile",
+                "must be set (env LOCAL_STATE_FILE) until a control plane address can be configured",
+            );
+        }
+        if self.dev_ca_dir.is_none() {
+            return invalid(
+                "devCaDir",
+                "must be set (env DEV_CA_DIR) when certificates come from the development CA",
+            );
+        }
+        if self.pool.max_streams_per_connection == 0 {
+            return invalid("pool.maxStreamsPerConnection", "must be at least 1");
+        }
+        if self.copy_buffer_bytes < 1024 {
+            return invalid("copyBufferBytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("ztunnel.sock")
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.run_dir.join("pods")
+    }
+}

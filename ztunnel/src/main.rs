@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The per-node L4 proxy of the mesh.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// YAML config file; environment variables override it.
+    #[arg(long, env = "ZTUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    mesh_core::socket::raise_fd_limit();
+    let cfg =
+        ztunnel::config::Config::load(args.config.as_deref()).context("invalid ztunnel config")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let zt = ztunnel::Ztunnel::start(cfg).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        zt.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,200 @@
+//! The data path of one enrolled pod: three listeners opened inside the pod's network namespace.
+//!
+//! - `15001` [`outbound`]: the pod's own outgoing TCP, redirected by iptables; carried over HBONE.
+//! - `15008` [`inbound`]: HBONE from other ztunnels, terminated and connected to the app.
+//! - `15006` [`inbound_plaintext`]: plaintext arriving at the pod, redirected by iptables.
+
+pub mod inbound;
+pub mod inbound_plaintext;
+pub mod outbound;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use mesh_core::drain::DrainWatch;
+use mesh_core::hbone::Pool;
+use mesh_core::netns::NetNs;
+use mesh_core::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::identity::CertManager;
+use crate::metrics::{ConnectionLabels, Metrics, Reporter, ResponseFlags, SecurityPolicy};
+use crate::state::{Service, StateStore, Workload};
+
+/// What every connection of every pod shares.
+pub struct ProxyCtx {
+    pub cfg: Arc<Config>,
+    pub state: StateStore,
+    pub certs: Arc<CertManager>,
+    pub metrics: Metrics,
+    pub drain: DrainWatch,
+}
+
+/// An enrolled pod and the listeners ztunnel runs for it.
+pub struct Pod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub ips: Vec<IpAddr>,
+    pub netns: NetNs,
+    pub pool: Pool,
+    /// Cancelled when the pod is removed: its listeners close, its connections finish.
+    pub stop: CancellationToken,
+}
+
+impl Pod {
+    /// A marked TCP socket created inside the pod's namespace, so traffic leaves from the pod's own address.
+    pub fn socket(&self, addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+        self.netns
+            .run(|| mesh_core::socket::marked_tcp_socket(addr))?
+    }
+
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: std::time::Duration,
+    ) -> io::Result<TcpStream> {
+        let sock = self.socket(&addr)?;
+        tokio::time::timeout(timeout, sock.connect(addr))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out"),
+                )
+            })?
+    }
+
+    fn is_own_port(&self, dst: &SocketAddr) -> bool {
+        [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT].contains(&dst.port())
+            && (dst.ip().is_loopback() || dst.ip().is_unspecified() || self.ips.contains(&dst.ip()))
+    }
+}
+
+/// Opens the pod's three listeners inside its namespace and serves them until the pod or ztunnel stops.
+pub fn start(ctx: Arc<ProxyCtx>, pod: Arc<Pod>) -> io::Result<()> {
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let (out, inb, hbone) = pod.netns.run(|| -> io::Result<_> {
+        Ok((
+            mesh_core::socket::marked_listener(any(OUTBOUND_PORT), true)?,
+            mesh_core::socket::marked_listener(any(INBOUND_PLAINTEXT_PORT), true)?,
+            mesh_core::socket::marked_listener(any(HBONE_PORT), false)?,
+        ))
+    })??;
+    let out = TcpListener::from_std(out)?;
+    let inb = TcpListener::from_std(inb)?;
+    let hbone = TcpListener::from_std(hbone)?;
+    {
+        let (ctx, pod) = (ctx.clone(), pod.clone());
+        spawn_accept(ctx.clone(), pod.clone(), out, move |s, peer| {
+            outbound::handle(ctx.clone(), pod.clone(), s, peer)
+        });
+    }
+    {
+        let (ctx, pod) = (ctx.clone(), pod.clone());
+        spawn_accept(ctx.clone(), pod.clone(), inb, move |s, peer| {
+            inbound_plaintext::handle(ctx.clone(), pod.clone(), s, peer)
+        });
+    }
+    let handler = Arc::new(inbound::Handler {
+        ctx: ctx.clone(),
+        pod: pod.clone(),
+    });
+    let c = ctx.clone();
+    spawn_accept(ctx, pod.clone(), hbone, move |s, peer| {
+        inbound::serve(c.clone(), pod.clone(), handler.clone(), s, peer)
+    });
+    Ok(())
+}
+
+fn spawn_accept<F, Fut>(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, listener: TcpListener, on_conn: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = ctx.drain.stopping() => return,
+                _ = pod.stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    ctx.drain.spawn(on_conn(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Copies both ways until both sides are done, with half-close propagated; returns (client→server, server→client).
+pub async fn pipe<A, B>(ctx: &ProxyCtx, client: &mut A, server: &mut B) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let n = ctx.cfg.copy_buffer_bytes;
+    match tokio::io::copy_bidirectional_with_sizes(client, server, n, n).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection ended with error");
+            (0, 0)
+        }
+    }
+}
+
+/// Istio's connection labels from what is known of both ends.
+pub struct Ends<'a> {
+    pub reporter: Reporter,
+    pub src: Option<&'a Workload>,
+    pub src_principal: Option<String>,
+    pub dst: Option<&'a Workload>,
+    pub service: Option<&'a Service>,
+    pub security: SecurityPolicy,
+}
+
+impl Ends<'_> {
+    pub fn labels(&self, td: &str, flags: ResponseFlags) -> ConnectionLabels {
+        let unknown = || "unknown".to_string();
+        ConnectionLabels {
+            reporter: self.reporter,
+            source_workload: self.src.map(|w| w.name.clone()).unwrap_or_else(unknown),
+            source_workload_namespace: self
+                .src
+                .map(|w| w.namespace.clone())
+                .unwrap_or_else(unknown),
+            source_principal: self
+                .src_principal
+                .clone()
+                .or_else(|| self.src.map(|w| w.identity(td).to_string()))
+                .unwrap_or_else(unknown),
+            destination_workload: self.dst.map(|w| w.name.clone()).unwrap_or_else(unknown),
+            destination_workload_namespace: self
+                .dst
+                .map(|w| w.namespace.clone())
+                .unwrap_or_else(unknown),
+            destination_principal: self
+                .dst
+                .map(|w| w.identity(td).to_string())
+                .unwrap_or_else(unknown),
+            destination_service: self
+                .service
+                .map(|s| format!("{}.{}.svc.cluster.local", s.name, s.namespace))
+                .unwrap_or_else(unknown),
+            request_protocol: "tcp",
+            response_flags: flags,
+            connection_security_policy: self.security,
+        }
+    }
+}

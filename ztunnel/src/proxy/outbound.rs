@@ -1,0 +1,135 @@
+//! Outbound: the pod's own connection, redirected to 15001; sent over HBONE when the destination is in the mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_core::hbone::{new_traceparent, ConnectRequest, PeerMetadata, PoolKey};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::{pipe, Ends, Pod, ProxyCtx};
+use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use crate::state::TunnelProtocol;
+
+pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+    let dst = match mesh_core::socket::original_dst(&client) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(pod = %pod.name, %peer, error = %e, "outbound connection without original destination; closing");
+            return;
+        }
+    };
+    if pod.is_own_port(&dst) {
+        tracing::warn!(pod = %pod.name, %peer, %dst, "connection to ztunnel's own port refused (loop)");
+        return;
+    }
+    let span = tracing::info_span!("outbound", pod = %pod.name, src = %peer, dst = %dst);
+    async move {
+        let snap = ctx.state.load();
+        let td = &ctx.cfg.trust_domain;
+        let src = snap.workload(&peer.ip()).cloned();
+        let upstream = snap.resolve(dst);
+        let opened = std::time::Instant::now();
+        let Some(up) = upstream else {
+            passthrough(&ctx, &pod, &mut client, dst).await;
+            return;
+        };
+        let mut ends = Ends {
+            reporter: Reporter::source,
+            src: src.as_deref(),
+            src_principal: None,
+            dst: Some(&up.workload),
+            service: up.service.as_deref(),
+            security: SecurityPolicy::none,
+        };
+        if up.workload.protocol == TunnelProtocol::None {
+            ctx.metrics
+                .opened
+                .get_or_create(&ends.labels(td, ResponseFlags::None))
+                .inc();
+            let (flags, rx, tx) = match pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await {
+                Ok(mut server) => {
+                    let (rx, tx) = pipe(&ctx, &mut client, &mut server).await;
+                    (ResponseFlags::None, rx, tx)
+                }
+                Err(e) => {
+                    tracing::info!(upstream = %up.addr, error = %e, "plain upstream unreachable");
+                    (ResponseFlags::UF, 0, 0)
+                }
+            };
+            ctx.metrics.record(&ends.labels(td, flags), rx, tx);
+            return;
+        }
+        let Some(src) = src.as_deref() else {
+            tracing::warn!(
+                "source pod is not a known workload; cannot choose its identity, closing"
+            );
+            return;
+        };
+        ends.security = SecurityPolicy::mutual_tls;
+        ctx.metrics
+            .opened
+            .get_or_create(&ends.labels(td, ResponseFlags::None))
+            .inc();
+        let src_id = src.identity(td);
+        let cert = match ctx.certs.fetch(&src_id).await {
+            Ok((cert, _)) => cert,
+            Err(e) => {
+                tracing::error!(error = %e, "no certificate for the source pod; closing");
+                ctx.metrics
+                    .record(&ends.labels(td, ResponseFlags::UF), 0, 0);
+                return;
+            }
+        };
+        let key = PoolKey {
+            src: src_id,
+            dst: up.workload.identity(td),
+            dst_addr: SocketAddr::new(up.workload.ip, mesh_core::HBONE_PORT),
+        };
+        let meta = PeerMetadata {
+            namespace: src.namespace.clone(),
+            workload: src.name.clone(),
+            service: snap
+                .service_of(src)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            version: src.labels.get("version").cloned().unwrap_or_default(),
+        };
+        let req = ConnectRequest {
+            authority: up.addr,
+            forwarded_for: peer,
+            baggage: Some(meta.baggage()),
+            traceparent: Some(new_traceparent()),
+        };
+        let (flags, rx, tx) = match pod.pool.connect(key, &cert, req).await {
+            Ok(mut tunnel) => {
+                let (rx, tx) = pipe(&ctx, &mut client, &mut tunnel).await;
+                (ResponseFlags::None, rx, tx)
+            }
+            Err(e) => {
+                tracing::info!(upstream = %up.addr, error = %e, "HBONE upstream failed");
+                (ResponseFlags::UF, 0, 0)
+            }
+        };
+        tracing::debug!(
+            bytes_out = rx,
+            bytes_in = tx,
+            elapsed_ms = opened.elapsed().as_millis() as u64,
+            "closed"
+        );
+        ctx.metrics.record(&ends.labels(td, flags), rx, tx);
+    }
+    .instrument(span)
+    .await
+}
+
+/// A destination outside the mesh: plain TCP from the pod's own address.
+async fn passthrough(ctx: &ProxyCtx, pod: &Pod, client: &mut TcpStream, dst: SocketAddr) {
+    match pod.connect(dst, ctx.cfg.pool.connect_timeout).await {
+        Ok(mut server) => {
+            let (rx, tx) = pipe(ctx, client, &mut server).await;
+            tracing::debug!(bytes_out = rx, bytes_in = tx, "passthrough closed");
+        }
+        Err(e) => tracing::info!(%dst, error = %e, "passthrough destination unreachable"),
+    }
+}

@@ -1,0 +1,320 @@
+//! What ztunnel knows of the mesh: workloads and services, as one immutable snapshot swapped atomically.
+//!
+//! In file mode the snapshot comes from a YAML file polled for changes; an invalid file is rejected with the
+//! object and field at fault and the last good snapshot keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use mesh_core::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Load(#[from] mesh_core::config::ConfigError),
+    #[error("{kind} {namespace}/{name}: field {field}: {reason}")]
+    Invalid {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TunnelProtocol {
+    /// In the mesh: reached over HBONE.
+    #[default]
+    Hbone,
+    /// Not in the mesh: plain TCP.
+    None,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    pub ip: IpAddr,
+    pub node: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+}
+
+fn default_sa() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub port: u16,
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub vip: IpAddr,
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// The local state file's shape.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalState {
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// Where a connection for an address should go.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub workload: Arc<Workload>,
+    pub addr: SocketAddr,
+    pub service: Option<Arc<Service>>,
+}
+
+/// An immutable, indexed snapshot.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub source: LocalState,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_vip: HashMap<IpAddr, (Arc<Service>, Vec<Arc<Workload>>)>,
+    rr: AtomicUsize,
+}
+
+impl Workload {
+    pub fn identity(&self, trust_domain: &str) -> Identity {
+        Identity::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+impl Snapshot {
+    pub fn build(source: LocalState) -> Result<Self, StateError> {
+        let mut by_ip = HashMap::new();
+        for w in &source.workloads {
+            let bad = |field, reason: String| StateError::Invalid {
+                kind: "Workload",
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+                field,
+                reason,
+            };
+            if w.name.is_empty() || w.namespace.is_empty() {
+                return Err(bad("name", "name and namespace must be set".into()));
+            }
+            if w.node.is_empty() {
+                return Err(bad(
+                    "node",
+                    "must name the node the workload runs on".into(),
+                ));
+            }
+            if let Some(prev) = by_ip.insert(w.ip, Arc::new(w.clone())) {
+                return Err(bad(
+                    "ip",
+                    format!(
+                        "{} is already used by {}/{}",
+                        w.ip, prev.namespace, prev.name
+                    ),
+                ));
+            }
+        }
+        let mut by_vip = HashMap::new();
+        for s in &source.services {
+            if s.ports.is_empty() {
+                return Err(StateError::Invalid {
+                    kind: "Service",
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    field: "ports",
+                    reason: "a service needs at least one port".into(),
+                });
+            }
+            let mut endpoints: Vec<Arc<Workload>> = by_ip
+                .values()
+                .filter(|w| {
+                    w.namespace == s.namespace
+                        && !s.selector.is_empty()
+                        && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+                .cloned()
+                .collect();
+            endpoints.sort_by_key(|w| w.ip);
+            by_vip.insert(s.vip, (Arc::new(s.clone()), endpoints));
+        }
+        Ok(Self {
+            source,
+            by_ip,
+            by_vip,
+            rr: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn workload(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(ip)
+    }
+
+    /// Resolves an original destination: a service VIP is balanced round-robin over its endpoints.
+    pub fn resolve(&self, dst: SocketAddr) -> Option<Upstream> {
+        if let Some((svc, endpoints)) = self.by_vip.get(&dst.ip()) {
+            let port = svc.ports.iter().find(|p| p.port == dst.port())?;
+            if endpoints.is_empty() {
+                return None;
+            }
+            let i = self.rr.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+            let w = endpoints[i].clone();
+            let target = port.target_port.unwrap_or(port.port);
+            return Some(Upstream {
+                addr: SocketAddr::new(w.ip, target),
+                workload: w,
+                service: Some(svc.clone()),
+            });
+        }
+        self.by_ip.get(&dst.ip()).map(|w| Upstream {
+            workload: w.clone(),
+            addr: dst,
+            service: None,
+        })
+    }
+
+    /// The service a workload belongs to (first by name), for telemetry.
+    pub fn service_of(&self, w: &Workload) -> Option<Arc<Service>> {
+        self.by_vip
+            .values()
+            .filter(|(_, eps)| eps.iter().any(|e| e.ip == w.ip))
+            .map(|(s, _)| s.clone())
+            .min_by(|a, b| a.name.cmp(&b.name))
+    }
+}
+
+/// The current snapshot, shared by every connection.
+#[derive(Clone)]
+pub struct StateStore {
+    current: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+        }
+    }
+}
+
+impl StateStore {
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, s: Snapshot) {
+        self.current.store(Arc::new(s));
+    }
+}
+
+pub fn read_file(path: &Path) -> Result<Snapshot, StateError> {
+    let local: LocalState = mesh_core::config::load_yaml(path)?;
+    Snapshot::build(local)
+}
+
+/// Watches the local state file, swapping in each valid version.
+pub async fn watch_file(path: PathBuf, store: StateStore, every: Duration) {
+    let mut seen: Option<SystemTime> = None;
+    loop {
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if mtime.is_some() && mtime != seen {
+            seen = mtime;
+            match read_file(&path) {
+                Ok(s) => {
+                    tracing::info!(file = %path.display(), workloads = s.source.workloads.len(), services = s.source.services.len(), "local state loaded");
+                    store.store(s);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "local state rejected; the last good state keeps serving")
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LocalState {
+        serde_yaml::from_str(
+            r#"
+workloads:
+- {name: a, namespace: ns, ip: 198.18.1.2, node: n1, labels: {app: echo}}
+- {name: b, namespace: ns, ip: 198.18.2.2, node: n2, labels: {app: echo}, serviceAccount: echo}
+- {name: c, namespace: other, ip: 198.18.2.3, node: n2, labels: {app: echo}}
+services:
+- {name: echo, namespace: ns, vip: 198.18.255.1, ports: [{port: 80, targetPort: 8080}], selector: {app: echo}}
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn vip_balances_over_selected_endpoints_in_namespace() {
+        let s = Snapshot::build(sample()).unwrap();
+        let dst: SocketAddr = "198.18.255.1:80".parse().unwrap();
+        let picks: Vec<String> = (0..4)
+            .map(|_| s.resolve(dst).unwrap().addr.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "198.18.1.2:8080",
+                "198.18.2.2:8080",
+                "198.18.1.2:8080",
+                "198.18.2.2:8080"
+            ]
+        );
+        assert!(s.resolve("198.18.255.1:81".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn workload_identity() {
+        let s = Snapshot::build(sample()).unwrap();
+        let w = s.workload(&"198.18.2.2".parse().unwrap()).unwrap();
+        assert_eq!(w.identity("td").to_string(), "spiffe://td/ns/ns/sa/echo");
+    }
+
+    #[test]
+    fn duplicate_ip_rejected_with_name_and_field() {
+        let mut l = sample();
+        l.workloads[1].ip = l.workloads[0].ip;
+        let e = Snapshot::build(l).unwrap_err().to_string();
+        assert!(e.contains("Workload ns/b: field ip"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_rejected() {
+        let e = serde_yaml::from_str::<LocalState>(
+            "workloads: [{name: a, namespace: n, ip: 198.18.0.1, node: x, bogus: 1}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}
