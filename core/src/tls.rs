@@ -77,6 +77,9 @@ impl WorkloadCert {
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
     }
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
