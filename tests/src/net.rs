@@ -20,7 +20,7 @@ pub fn connect_in(netns: &str, addr: SocketAddr, timeout: Duration) -> Result<Tc
 
 /// A tokio TCP connection opened from inside `ns`.
 pub async fn connect_in_async(ns: &NetNs, addr: SocketAddr) -> Result<tokio::net::TcpStream> {
-    let sock = ns.run(|| tokio::net::TcpSocket::new_v4())??;
+    let sock = ns.run(tokio::net::TcpSocket::new_v4)??;
     Ok(sock.connect(addr).await?)
 }
 
