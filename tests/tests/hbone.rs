@@ -298,3 +298,58 @@ async fn a_thousand_concurrent_connections_all_complete() {
         "1000 streams at 100 per connection should need about 10 HBONE connections, saw {conns}"
     );
 }
+
+#[test]
+fn an_independent_hbone_client_interoperates() {
+    require_netns!();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!(
+            "SKIPPED: {} missing (scripts/deps.sh creates it with the h2 package)",
+            python.display()
+        );
+        return;
+    }
+    let c = cluster();
+    let ca = CertificateAuthority::load_or_create(&c.ca_dir(), "cluster.local").unwrap();
+    let cert = ca
+        .issue(&id("cluster.local", "client"), Duration::from_secs(600))
+        .unwrap();
+    let pem_of = |tag: &str, der: &[u8]| pem::encode(&pem::Pem::new(tag, der.to_vec()));
+    let files = [
+        (
+            "chain.pem",
+            cert.chain()
+                .iter()
+                .map(|c| pem_of("CERTIFICATE", c))
+                .collect::<String>(),
+        ),
+        ("key.pem", pem_of("PRIVATE KEY", cert.key().secret_der())),
+        ("root.pem", pem_of("CERTIFICATE", &ca.roots()[0])),
+    ];
+    for (name, body) in &files {
+        std::fs::write(c.dir.join(name), body).unwrap();
+    }
+    let server = c.pod("server").ip;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.pod("outside").netns])
+        .arg(&python)
+        .arg(root.join("tests/interop/hbone_client.py"))
+        .args(["chain.pem", "key.pem", "root.pem"].map(|f| c.dir.join(f)))
+        .arg(format!("{server}:15008"))
+        .arg(format!("{server}:8080"))
+        .arg("spiffe://cluster.local/ns/default/sa/server")
+        .arg("bytes from an independent HTTP/2 stack")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "interop client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bytes from an independent HTTP/2 stack"
+    );
+}
