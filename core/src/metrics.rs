@@ -26,7 +26,8 @@ pub enum Direction {
 pub enum HandshakeFailure {
     foreign_trust_domain,
     identity_mismatch,
-    unknown_issuer,
+    untrusted_issuer,
+    peer_rejected,
     expired,
     no_client_certificate,
     not_tls,
@@ -40,7 +41,8 @@ impl HandshakeFailure {
         match crate::tls::handshake_failure_reason(err) {
             "foreign_trust_domain" => Self::foreign_trust_domain,
             "identity_mismatch" => Self::identity_mismatch,
-            "unknown_issuer" => Self::unknown_issuer,
+            "untrusted_issuer" => Self::untrusted_issuer,
+            "peer_rejected" => Self::peer_rejected,
             "expired" => Self::expired,
             "no_client_certificate" => Self::no_client_certificate,
             "not_tls" => Self::not_tls,

@@ -298,8 +298,11 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
         "foreign_trust_domain"
     } else if text.contains("is not one of") {
         "identity_mismatch"
-    } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
-        "unknown_issuer"
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        // Not signed by a mesh root: an unknown issuer, or one posing under a root's name.
+        "untrusted_issuer"
+    } else if text.contains("received fatal alert") {
+        "peer_rejected"
     } else if text.contains("Expired") || text.contains("expired") {
         "expired"
     } else if text.contains("NoCertificatesPresented") || text.contains("no certificate") {
