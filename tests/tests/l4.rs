@@ -14,6 +14,7 @@ fn two_nodes() -> Cluster {
         2,
         vec![
             PodSpec::mesh("client", 0),
+            PodSpec::mesh("neighbour", 0),
             PodSpec::mesh("server", 1),
             PodSpec::plain("outside", 1),
         ],
@@ -170,6 +171,30 @@ fn unenrolling_a_pod_restores_direct_networking() {
     .unwrap();
     assert!(!rules.contains("MESH"), "rules should be gone:\n{rules}");
     let dump = c.config_dump(0).unwrap();
+    let pods: Vec<&str> = dump["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        pods,
+        ["neighbour"],
+        "only the unenrolled pod leaves ztunnel"
+    );
+    // Its neighbour on the same node is undisturbed: still captured, still over HBONE.
+    let cap = c.capture().unwrap();
+    let echoed = exchange(
+        &c.pod("neighbour").netns,
+        SocketAddr::new(server_ip, 8080),
+        MARKER,
+    )
+    .unwrap();
+    assert_eq!(echoed, MARKER);
+    assert!(
+        !contains(&cap.finish().unwrap(), MARKER),
+        "the neighbour must still be tunnelled"
+    );
     assert!(
         dump["pods"]
             .as_array()
@@ -274,5 +299,50 @@ fn connection_to_ztunnel_own_port_is_refused() {
     assert!(
         out.map(|o| o.is_empty()).unwrap_or(true),
         "a connection to 15001 must be closed without data"
+    );
+}
+
+#[test]
+fn hostile_bytes_on_every_port_do_not_crash_ztunnel() {
+    require_netns!();
+    let mut c = two_nodes();
+    let (outside, server_ip) = (c.pod("outside").netns.clone(), c.pod("server").ip);
+    let garbage: Vec<Vec<u8>> = vec![
+        b"\x16\x03\x01\xff\xff garbage handshake".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00".to_vec(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect(),
+        b"GET /config_dump HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n".to_vec(),
+    ];
+    // Pod ports from a non-mesh neighbour, node ports from inside the node.
+    for port in [15008u16, 15006, 15001] {
+        for g in &garbage {
+            let _ = exchange(&outside, SocketAddr::new(server_ip, port), g);
+        }
+    }
+    let node = c.nodes[1].netns.clone();
+    for port in [15000u16, 15020, 15021] {
+        for g in &garbage {
+            let _ = exchange(
+                &node,
+                SocketAddr::new("127.0.0.1".parse().unwrap(), port),
+                g,
+            );
+        }
+    }
+    let client = c.pod("client").netns.clone();
+    assert_eq!(
+        exchange(&client, SocketAddr::new(server_ip, 8080), b"alive").unwrap(),
+        b"alive"
+    );
+    let zt = c
+        .signal_ztunnel(1, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let out = zt.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ztunnel on node 2 must still be running and exit cleanly: {}",
+        out.status
     );
 }

@@ -125,3 +125,42 @@ impl Config {
         self.run_dir.join("pods")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let cfg = Config::default();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("nodeName"), "{e}");
+        let cfg = Config {
+            node_name: "n1".into(),
+            local_state_file: Some("s.yaml".into()),
+            dev_ca_dir: Some("ca".into()),
+            copy_buffer_bytes: 10,
+            ..Config::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("copyBufferBytes"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_in_the_file_are_rejected() {
+        let path = std::env::temp_dir().join(format!("zt-cfg-{}.yaml", std::process::id()));
+        std::fs::write(&path, "nodeName: n1\nnodeNmae: typo\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.contains("nodeNmae"), "{e}");
+    }
+
+    #[test]
+    fn durations_round_trip_through_config_dump() {
+        let cfg = Config::default();
+        let yaml = serde_yaml::to_string(&cfg).unwrap();
+        assert!(yaml.contains("drainTimeout: 30s"), "{yaml}");
+        let back: Config = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back.drain_timeout, cfg.drain_timeout);
+    }
+}

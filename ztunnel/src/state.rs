@@ -37,6 +37,15 @@ pub enum TunnelProtocol {
     None,
 }
 
+/// Istio's `WorkloadStatus`: unhealthy workloads receive no service traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WorkloadStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
@@ -50,6 +59,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub protocol: TunnelProtocol,
+    #[serde(default)]
+    pub status: WorkloadStatus,
 }
 
 fn default_sa() -> String {
@@ -152,7 +163,8 @@ impl Snapshot {
             let mut endpoints: Vec<Arc<Workload>> = by_ip
                 .values()
                 .filter(|w| {
-                    w.namespace == s.namespace
+                    w.status == WorkloadStatus::Healthy
+                        && w.namespace == s.namespace
                         && !s.selector.is_empty()
                         && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
                 })
@@ -210,17 +222,24 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct StateStore {
     current: Arc<ArcSwap<Snapshot>>,
+    /// Why the newest input was rejected, while the last good snapshot serves (shown at `/config_dump`).
+    rejected: Arc<ArcSwap<Option<String>>>,
 }
 
 impl Default for StateStore {
     fn default() -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            rejected: Arc::new(ArcSwap::from_pointee(None)),
         }
     }
 }
 
 impl StateStore {
+    pub fn rejected(&self) -> Option<String> {
+        (*self.rejected.load_full()).clone()
+    }
+
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
@@ -246,9 +265,11 @@ pub async fn watch_file(path: PathBuf, store: StateStore, every: Duration) {
                 Ok(s) => {
                     tracing::info!(file = %path.display(), workloads = s.source.workloads.len(), services = s.source.services.len(), "local state loaded");
                     store.store(s);
+                    store.rejected.store(Arc::new(None));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "local state rejected; the last good state keeps serving")
+                    tracing::error!(error = %e, "local state rejected; the last good state keeps serving");
+                    store.rejected.store(Arc::new(Some(e.to_string())));
                 }
             }
         }
@@ -291,6 +312,70 @@ services:
             ]
         );
         assert!(s.resolve("198.18.255.1:81".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn unhealthy_endpoints_get_no_service_traffic() {
+        let mut l = sample();
+        l.workloads[0].status = WorkloadStatus::Unhealthy;
+        let s = Snapshot::build(l).unwrap();
+        let dst: SocketAddr = "198.18.255.1:80".parse().unwrap();
+        for _ in 0..4 {
+            assert_eq!(s.resolve(dst).unwrap().addr.to_string(), "198.18.2.2:8080");
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_file_keeps_last_good_state() {
+        let path = std::env::temp_dir().join(format!("zt-state-{}.yaml", std::process::id()));
+        std::fs::write(&path, serde_yaml::to_string(&sample()).unwrap()).unwrap();
+        let store = StateStore::default();
+        let task = tokio::spawn(watch_file(
+            path.clone(),
+            store.clone(),
+            Duration::from_millis(20),
+        ));
+        let wait_for = |want: usize| {
+            let store = store.clone();
+            async move {
+                for _ in 0..250 {
+                    if store.load().source.workloads.len() == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("state never had {want} workloads");
+            }
+        };
+        wait_for(3).await;
+        // Invalid (duplicate IP): rejected, the 3-workload snapshot keeps serving.
+        let mut bad = sample();
+        bad.workloads.push(bad.workloads[0].clone());
+        bad.workloads[3].name = "dup".into();
+        write_bumping_mtime(&path, &serde_yaml::to_string(&bad).unwrap());
+        for _ in 0..250 {
+            if store.rejected().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let why = store.rejected().expect("the invalid file is rejected");
+        assert!(why.contains("Workload ns/dup: field ip"), "{why}");
+        assert_eq!(store.load().source.workloads.len(), 3);
+        // A valid change is applied.
+        let mut good = sample();
+        good.workloads.pop();
+        write_bumping_mtime(&path, &serde_yaml::to_string(&good).unwrap());
+        wait_for(2).await;
+        task.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn write_bumping_mtime(path: &Path, body: &str) {
+        let before = std::fs::metadata(path).and_then(|m| m.modified()).unwrap();
+        std::fs::write(path, body).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(before + Duration::from_secs(1)).unwrap();
     }
 
     #[test]
