@@ -21,8 +21,13 @@ use mesh_core::netns::NetNs;
 
 pub const CNI_DIR: &str = "/usr/lib/cni";
 
-/// Why netns tests cannot run here, if they cannot.
+/// Why netns tests cannot run here, if they cannot (probed once per process).
 pub fn skip_reason() -> Option<String> {
+    static REASON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REASON.get_or_init(probe).clone()
+}
+
+fn probe() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (network namespaces, iptables)".into());
     }
@@ -47,10 +52,14 @@ pub fn skip_reason() -> Option<String> {
 }
 
 /// Skips the calling test (returns from it) with a printed reason when netns tests cannot run.
+/// Under CI (`CI` set) a skip is a failure: CI runs as root and must run every test.
 #[macro_export]
 macro_rules! require_netns {
     () => {
         if let Some(reason) = $crate::skip_reason() {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run netns tests, but: {reason}");
+            }
             eprintln!("SKIPPED: {reason}");
             return;
         }
