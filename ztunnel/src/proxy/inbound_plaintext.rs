@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{pipe, Ends, Pod, ProxyCtx};
+use super::{relay, Ends, Pod, ProxyCtx};
 use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
@@ -41,16 +41,8 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             .opened
             .get_or_create(&ends.labels(td, ResponseFlags::None))
             .inc();
-        let (flags, rx, tx) = match pod.connect(dst, ctx.cfg.pool.connect_timeout).await {
-            Ok(mut app) => {
-                let (rx, tx) = pipe(&ctx, &mut client, &mut app).await;
-                (ResponseFlags::None, rx, tx)
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "app unreachable");
-                (ResponseFlags::UF, 0, 0)
-            }
-        };
+        let app = pod.connect(dst, ctx.cfg.pool.connect_timeout).await;
+        let (flags, rx, tx) = relay(&ctx, &mut client, app).await;
         ctx.metrics.record(&ends.labels(td, flags), rx, tx);
     }
     .instrument(span)

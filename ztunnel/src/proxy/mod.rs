@@ -154,6 +154,29 @@ where
     }
 }
 
+/// Pipes `client` to an upstream that may have failed to open; returns the response flags and byte counts to record.
+pub async fn relay<C, S, E>(
+    ctx: &ProxyCtx,
+    client: &mut C,
+    upstream: Result<S, E>,
+) -> (ResponseFlags, u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: std::fmt::Display,
+{
+    match upstream {
+        Ok(mut server) => {
+            let (rx, tx) = pipe(ctx, client, &mut server).await;
+            (ResponseFlags::None, rx, tx)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "upstream unreachable");
+            (ResponseFlags::UF, 0, 0)
+        }
+    }
+}
+
 /// Istio's connection labels from what is known of both ends.
 pub struct Ends<'a> {
     pub reporter: Reporter,

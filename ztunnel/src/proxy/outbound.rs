@@ -7,7 +7,7 @@ use mesh_core::hbone::{new_traceparent, ConnectRequest, PeerMetadata, PoolKey};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{pipe, Ends, Pod, ProxyCtx};
+use super::{relay, Ends, Pod, ProxyCtx};
 use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 use crate::state::TunnelProtocol;
 
@@ -47,16 +47,8 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
                 .opened
                 .get_or_create(&ends.labels(td, ResponseFlags::None))
                 .inc();
-            let (flags, rx, tx) = match pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await {
-                Ok(mut server) => {
-                    let (rx, tx) = pipe(&ctx, &mut client, &mut server).await;
-                    (ResponseFlags::None, rx, tx)
-                }
-                Err(e) => {
-                    tracing::info!(upstream = %up.addr, error = %e, "plain upstream unreachable");
-                    (ResponseFlags::UF, 0, 0)
-                }
-            };
+            let upstream = pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await;
+            let (flags, rx, tx) = relay(&ctx, &mut client, upstream).await;
             ctx.metrics.record(&ends.labels(td, flags), rx, tx);
             return;
         }
@@ -101,16 +93,8 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             baggage: Some(meta.baggage()),
             traceparent: Some(new_traceparent()),
         };
-        let (flags, rx, tx) = match pod.pool.connect(key, &cert, req).await {
-            Ok(mut tunnel) => {
-                let (rx, tx) = pipe(&ctx, &mut client, &mut tunnel).await;
-                (ResponseFlags::None, rx, tx)
-            }
-            Err(e) => {
-                tracing::info!(upstream = %up.addr, error = %e, "HBONE upstream failed");
-                (ResponseFlags::UF, 0, 0)
-            }
-        };
+        let tunnel = pod.pool.connect(key, &cert, req).await;
+        let (flags, rx, tx) = relay(&ctx, &mut client, tunnel).await;
         tracing::debug!(
             bytes_out = rx,
             bytes_in = tx,
@@ -125,11 +109,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
 
 /// A destination outside the mesh: plain TCP from the pod's own address.
 async fn passthrough(ctx: &ProxyCtx, pod: &Pod, client: &mut TcpStream, dst: SocketAddr) {
-    match pod.connect(dst, ctx.cfg.pool.connect_timeout).await {
-        Ok(mut server) => {
-            let (rx, tx) = pipe(ctx, client, &mut server).await;
-            tracing::debug!(bytes_out = rx, bytes_in = tx, "passthrough closed");
-        }
-        Err(e) => tracing::info!(%dst, error = %e, "passthrough destination unreachable"),
-    }
+    let upstream = pod.connect(dst, ctx.cfg.pool.connect_timeout).await;
+    let (_, rx, tx) = relay(ctx, client, upstream).await;
+    tracing::debug!(bytes_out = rx, bytes_in = tx, "passthrough closed");
 }
