@@ -153,6 +153,22 @@ impl CertificateAuthority {
         ))
     }
 
+    /// A serving certificate for a control-plane endpoint: the SPIFFE identity plus DNS names, so clients that
+    /// verify a hostname (gRPC over TLS) accept it as well as mesh peers.
+    pub fn issue_serving(&self, identity: &Identity, dns_names: &[&str], ttl: Duration) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(identity, ttl)?;
+        for dns in dns_names {
+            params.subject_alt_names.push(SanType::DnsName((*dns).try_into()?));
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain = cert.pem();
+        for pem in &self.chain_pem[..self.chain_pem.len().saturating_sub(1)] {
+            chain.push_str(pem);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+
     /// Signs a PEM CSR for `identity`, returning the chain leaf first, root last (Istio's CA response order).
     pub fn sign_csr(
         &self,
@@ -184,6 +200,17 @@ impl CertificateAuthority {
             .iter()
             .flat_map(|p| crate::tls::parse_pem_certs(p))
     }
+}
+
+/// A fresh key and a PEM CSR asking for `identity` (URI SAN only), as a CA client sends it.
+pub fn new_csr(identity: &Identity) -> Result<(String, PrivateKeyDer<'static>), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((csr, der))
 }
 
 fn leaf_params(identity: &Identity, ttl: Duration) -> Result<CertificateParams, CaError> {

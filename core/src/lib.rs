@@ -7,11 +7,13 @@
 //! - [`drain`]: the one graceful-shutdown primitive.
 //! - [`metrics`] and [`admin`]: prometheus-client registries and the small admin HTTP server.
 //! - [`config`]: typed config loading (file + environment).
+//! - [`control`]: the client side of the control plane: CA (certificates) and delta xDS (config).
 //! - [`netns`] and [`socket`]: network namespaces, original destination, socket marks.
 
 pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod hbone;
 pub mod identity;

@@ -7,6 +7,7 @@
 //!
 //! Everything is torn down on drop. Names carry a per-cluster prefix so tests run side by side.
 
+pub mod control;
 pub mod net;
 
 use std::io::{Read, Write};
@@ -197,11 +198,26 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub services: Vec<serde_json::Value>,
     pub underlay: String,
+    pub mode: Mode,
+    control: Option<Child>,
+}
+
+/// Where ztunnels get workloads and certificates from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A local state file and the development CA (ztunnel standalone).
+    Local,
+    /// The control plane (`control`), in file mode, at 198.19.0.254 on the underlay.
+    ControlPlane,
 }
 
 impl Cluster {
     /// Builds `nodes` nodes and `pods`, writes the mesh state, starts ztunnels and enrolls the mesh pods.
     pub fn start(nodes: usize, pods: Vec<PodSpec>) -> Result<Self> {
+        Self::start_with(nodes, pods, Mode::Local)
+    }
+
+    pub fn start_with(nodes: usize, pods: Vec<PodSpec>, mode: Mode) -> Result<Self> {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("m{}x{id}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("mesh-{prefix}"));
@@ -214,6 +230,8 @@ impl Cluster {
             nodes: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
+            mode,
+            control: None,
         };
         c.build_underlay()?;
         for i in 1..=nodes {
@@ -223,6 +241,9 @@ impl Cluster {
             c.add_pod(spec)?;
         }
         c.write_state()?;
+        if mode == Mode::ControlPlane {
+            c.start_control()?;
+        }
         for i in 0..c.nodes.len() {
             c.start_ztunnel(i)?;
         }
@@ -319,10 +340,16 @@ impl Cluster {
         let run_dir = self.dir.join(format!("run-n{i}"));
         std::fs::create_dir_all(&run_dir)?;
         let config = self.dir.join(format!("ztunnel-n{i}.yaml"));
+        let source = match self.mode {
+            Mode::Local => format!(
+                "localStateFile: {}\ndevCaDir: {}\n",
+                self.state_file().display(),
+                self.ca_dir().display()
+            ),
+            Mode::ControlPlane => self.control_plane_ref(i)?,
+        };
         let yaml = format!(
-            "nodeName: node{i}\nlocalStateFile: {}\ndevCaDir: {}\nrunDir: {}\nstatePollInterval: 200ms\ndrainTimeout: 5s\n",
-            self.state_file().display(),
-            self.ca_dir().display(),
+            "nodeName: node{i}\n{source}runDir: {}\nstatePollInterval: 200ms\ndrainTimeout: 5s\n",
             run_dir.display()
         );
         std::fs::write(&config, yaml)?;
@@ -468,6 +495,9 @@ impl Cluster {
 
     /// Writes the mesh state (workloads of mesh pods, services) that every ztunnel watches.
     pub fn write_state(&self) -> Result<()> {
+        if self.mode == Mode::ControlPlane {
+            return self.write_config_dir();
+        }
         let workloads: Vec<serde_json::Value> = self
             .pods
             .iter()
@@ -604,6 +634,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.ztunnel.take() {
                 let _ = c.kill();

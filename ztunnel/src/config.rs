@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+use mesh_core::control::ControlPlane;
 use mesh_core::hbone::{H2Settings, PoolSettings};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -19,6 +20,8 @@ pub struct Config {
     pub local_state_file: Option<PathBuf>,
     /// Directory holding the development CA's root (created on first start) (env `DEV_CA_DIR`).
     pub dev_ca_dir: Option<PathBuf>,
+    /// The control plane: certificates from its CA and workloads over delta xDS (instead of the two above).
+    pub control_plane: Option<ControlPlane>,
     /// Where the node agent leaves enrolled pods and the socket it nudges ztunnel on (env `ZTUNNEL_RUN_DIR`).
     pub run_dir: PathBuf,
     pub admin_addr: SocketAddr,
@@ -43,6 +46,7 @@ impl Default for Config {
             trust_domain: "cluster.local".into(),
             local_state_file: None,
             dev_ca_dir: None,
+            control_plane: None,
             run_dir: PathBuf::from("/var/run/ztunnel"),
             admin_addr: "127.0.0.1:15000".parse().expect("static address"),
             metrics_addr: "0.0.0.0:15020".parse().expect("static address"),
@@ -96,17 +100,14 @@ impl Config {
         if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
             return invalid("trustDomain", "must be a non-empty name without '/'");
         }
-        if self.local_state_file.is_none() {
+        if self.local_state_file.is_none() && self.control_plane.is_none() {
             return invalid(
                 "localStateFile",
-                "must be set (env LOCAL_STATE_FILE) until a control plane address can be configured",
+                "set it (env LOCAL_STATE_FILE) or controlPlane: workloads come from one of them",
             );
         }
-        if self.dev_ca_dir.is_none() {
-            return invalid(
-                "devCaDir",
-                "must be set (env DEV_CA_DIR) when certificates come from the development CA",
-            );
+        if self.dev_ca_dir.is_none() && self.control_plane.is_none() {
+            return invalid("devCaDir", "set it (env DEV_CA_DIR) or controlPlane: certificates come from one of them");
         }
         if self.pool.max_streams_per_connection == 0 {
             return invalid("pool.maxStreamsPerConnection", "must be at least 1");

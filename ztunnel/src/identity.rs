@@ -1,13 +1,16 @@
-//! Workload certificates for the pods this ztunnel serves, issued on first need and renewed at half-life.
+//! Workload certificates for the pods this ztunnel serves: fetched ahead of need (at enrollment), renewed at
+//! half-life in the background with backoff, and the old certificate kept while renewal fails. Established
+//! connections are never touched by rotation: only new handshakes use the new certificate.
 //!
-//! Today the issuer is the built-in development CA (file mode); the control plane's CA client slots in behind
-//! the same `fetch` call.
+//! The issuer is the control plane's CA (impersonating each pod's identity) or, standalone, the built-in
+//! development CA.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mesh_core::ca::{CaError, CertificateAuthority};
+use mesh_core::control::{ControlError, ControlPlane};
 use mesh_core::identity::Identity;
 use mesh_core::tls::{TlsError, WorkloadCert};
 use rustls::ServerConfig;
@@ -16,8 +19,18 @@ use rustls::ServerConfig;
 pub enum CertError {
     #[error("issuing a certificate for {identity}: {source}")]
     Issue { identity: String, source: CaError },
+    #[error("fetching a certificate for {identity} from the control plane: {source}")]
+    Fetch { identity: String, source: ControlError },
     #[error("building TLS config for {identity}: {source}")]
     Tls { identity: String, source: TlsError },
+}
+
+pub enum Issuer {
+    Dev(CertificateAuthority),
+    ControlPlane {
+        cp: ControlPlane,
+        channel: tonic::transport::Channel,
+    },
 }
 
 #[derive(Clone)]
@@ -25,81 +38,135 @@ struct Entry {
     cert: WorkloadCert,
     server: Arc<ServerConfig>,
     renew_at: SystemTime,
+    failures: u32,
 }
 
 pub struct CertManager {
-    ca: CertificateAuthority,
+    issuer: Issuer,
     ttl: Duration,
     cache: Mutex<HashMap<Identity, Entry>>,
+    /// One issuance at a time, so a burst of connections for a new pod costs one CSR.
+    issuing: tokio::sync::Mutex<()>,
 }
 
 /// What `/config_dump` shows of a certificate.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertInfo {
     pub identity: String,
     pub expires_in_secs: u64,
+    pub renew_in_secs: u64,
+    pub renewal_failures: u32,
 }
 
 impl CertManager {
-    pub fn new(ca: CertificateAuthority, ttl: Duration) -> Self {
+    pub fn new(issuer: Issuer, ttl: Duration) -> Self {
         Self {
-            ca,
+            issuer,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            issuing: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The certificate for `id` and a server config presenting it.
-    pub async fn fetch(
-        &self,
-        id: &Identity,
-    ) -> Result<(WorkloadCert, Arc<ServerConfig>), CertError> {
+    fn cached(&self, id: &Identity, fresh_only: bool) -> Option<Entry> {
         let now = SystemTime::now();
-        if let Some(e) = self.cache.lock().expect("cert cache lock").get(id) {
-            if now < e.renew_at {
-                return Ok((e.cert.clone(), e.server.clone()));
+        let cache = self.cache.lock().expect("cert cache lock");
+        cache
+            .get(id)
+            .filter(|e| if fresh_only { now < e.renew_at } else { now < e.cert.not_after() })
+            .cloned()
+    }
+
+    /// The certificate for `id` and a server config presenting it.
+    pub async fn fetch(&self, id: &Identity) -> Result<(WorkloadCert, Arc<ServerConfig>), CertError> {
+        if let Some(e) = self.cached(id, true) {
+            return Ok((e.cert, e.server));
+        }
+        let _one = self.issuing.lock().await;
+        if let Some(e) = self.cached(id, true) {
+            return Ok((e.cert, e.server));
+        }
+        match self.issue(id).await {
+            Ok(entry) => {
+                self.cache.lock().expect("cert cache lock").insert(id.clone(), entry.clone());
+                Ok((entry.cert, entry.server))
+            }
+            Err(e) => {
+                // Renewal failed: keep serving with the old certificate while it is valid, retry with backoff.
+                let mut cache = self.cache.lock().expect("cert cache lock");
+                if let Some(old) = cache.get_mut(id).filter(|o| SystemTime::now() < o.cert.not_after()) {
+                    old.failures += 1;
+                    old.renew_at = SystemTime::now() + backoff(old.failures);
+                    tracing::warn!(identity = %id, error = %e, failures = old.failures, "certificate renewal failed; keeping the current one");
+                    return Ok((old.cert.clone(), old.server.clone()));
+                }
+                Err(e)
             }
         }
-        let cert = self
-            .ca
-            .issue(id, self.ttl)
-            .map_err(|source| CertError::Issue {
+    }
+
+    async fn issue(&self, id: &Identity) -> Result<Entry, CertError> {
+        let cert = match &self.issuer {
+            Issuer::Dev(ca) => ca.issue(id, self.ttl).map_err(|source| CertError::Issue {
                 identity: id.to_string(),
                 source,
-            })?;
+            })?,
+            Issuer::ControlPlane { cp, channel } => cp
+                .fetch_certificate(channel.clone(), id, self.ttl)
+                .await
+                .map_err(|source| CertError::Fetch {
+                    identity: id.to_string(),
+                    source,
+                })?,
+        };
         let server = cert.server_config().map_err(|source| CertError::Tls {
             identity: id.to_string(),
             source,
         })?;
-        let entry = Entry {
-            renew_at: now + self.ttl / 2,
-            cert: cert.clone(),
-            server: server.clone(),
+        let now = SystemTime::now();
+        let lifetime = cert.not_after().duration_since(now).unwrap_or_default();
+        tracing::info!(identity = %id, valid_secs = lifetime.as_secs(), "workload certificate issued");
+        Ok(Entry {
+            renew_at: now + lifetime / 2,
+            cert,
+            server,
+            failures: 0,
+        })
+    }
+
+    /// Renews every certificate past its half-life (run periodically).
+    pub async fn renew_due(&self) {
+        let now = SystemTime::now();
+        let due: Vec<Identity> = {
+            let cache = self.cache.lock().expect("cert cache lock");
+            cache.iter().filter(|(_, e)| now >= e.renew_at).map(|(id, _)| id.clone()).collect()
         };
-        self.cache
-            .lock()
-            .expect("cert cache lock")
-            .insert(id.clone(), entry);
-        tracing::info!(identity = %id, "workload certificate issued");
-        Ok((cert, server))
+        for id in due {
+            if let Err(e) = self.fetch(&id).await {
+                tracing::error!(identity = %id, error = %e, "certificate expired and could not be renewed");
+            }
+        }
     }
 
     pub fn dump(&self) -> Vec<CertInfo> {
         let now = SystemTime::now();
+        let secs = |t: SystemTime| t.duration_since(now).map(|d| d.as_secs()).unwrap_or(0);
         let cache = self.cache.lock().expect("cert cache lock");
         let mut out: Vec<CertInfo> = cache
             .iter()
             .map(|(id, e)| CertInfo {
                 identity: id.to_string(),
-                expires_in_secs: e
-                    .cert
-                    .not_after()
-                    .duration_since(now)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                expires_in_secs: secs(e.cert.not_after()),
+                renew_in_secs: secs(e.renew_at),
+                renewal_failures: e.failures,
             })
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
         out
     }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500 * 2u64.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
 }

@@ -137,6 +137,20 @@ impl Pods {
         Ok(pod)
     }
 
+    /// Identities of the enrolled pods that the state knows.
+    pub fn identities(&self) -> Vec<mesh_core::identity::Identity> {
+        let snap = self.ctx.state.load();
+        let running = self.running.lock().expect("pods lock");
+        let mut ids: Vec<_> = running
+            .values()
+            .flat_map(|(rec, _)| rec.ips.iter().filter_map(|ip| snap.workload(ip)))
+            .map(|w| w.identity(&self.ctx.cfg.trust_domain))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     pub fn dump(&self) -> Vec<PodInfo> {
         let running = self.running.lock().expect("pods lock");
         let mut out: Vec<PodInfo> = running

@@ -12,6 +12,7 @@ pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod xds;
 
 use std::sync::Arc;
 
@@ -30,12 +31,30 @@ pub enum StartError {
     State(#[from] state::StateError),
     #[error("development CA: {0}")]
     Ca(#[from] mesh_core::ca::CaError),
+    #[error(transparent)]
+    Control(#[from] mesh_core::control::ControlError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Listen {
         what: &'static str,
         addr: String,
         source: std::io::Error,
     },
+}
+
+/// How ztunnel introduces itself over xDS (Istio's node id shape).
+fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        "NODE_NAME".to_string(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(cfg.node_name.clone())),
+        },
+    );
+    mesh_proto::envoy::config::core::v3::Node {
+        id: format!("ztunnel~0.0.0.0~{}.istio-system~istio-system.svc.cluster.local", cfg.node_name),
+        metadata: Some(prost_types::Struct { fields }),
+        ..Default::default()
+    }
 }
 
 /// A started ztunnel; [`Ztunnel::shutdown`] drains it.
@@ -51,25 +70,31 @@ impl Ztunnel {
         let metrics = metrics::Metrics::register(&mut registry);
         let registry = Arc::new(registry);
 
-        let ca_dir = cfg.dev_ca_dir.clone().expect("validated: devCaDir is set");
-        let ca = CertificateAuthority::load_or_create(&ca_dir, &cfg.trust_domain)?;
-        let state_file = cfg
-            .local_state_file
-            .clone()
-            .expect("validated: localStateFile is set");
         let store = state::StateStore::default();
-        store.store(state::read_file(&state_file)?);
-        tokio::spawn(state::watch_file(
-            state_file,
-            store.clone(),
-            cfg.state_poll_interval,
-        ));
+        let issuer = match (&cfg.control_plane, &cfg.dev_ca_dir) {
+            (Some(cp), _) => identity::Issuer::ControlPlane {
+                cp: cp.clone(),
+                channel: cp.channel()?,
+            },
+            (None, Some(dir)) => identity::Issuer::Dev(CertificateAuthority::load_or_create(dir, &cfg.trust_domain)?),
+            (None, None) => unreachable!("validated: devCaDir or controlPlane is set"),
+        };
+        if let Some(file) = cfg.local_state_file.clone() {
+            store.store(state::read_file(&file)?);
+            tokio::spawn(state::watch_file(file, store.clone(), cfg.state_poll_interval));
+        } else if let Some(cp) = cfg.control_plane.clone() {
+            tokio::spawn(mesh_core::control::run_xds(
+                cp,
+                xds_node(&cfg),
+                xds::WorkloadHandler::new(store.clone()),
+            ));
+        }
 
         let drain = Drain::new();
         let ctx = Arc::new(ProxyCtx {
             cfg: cfg.clone(),
             state: store,
-            certs: Arc::new(identity::CertManager::new(ca, cfg.certificate_ttl)),
+            certs: Arc::new(identity::CertManager::new(issuer, cfg.certificate_ttl)),
             metrics,
             drain: drain.watch(),
         });
@@ -85,12 +110,19 @@ impl Ztunnel {
             source,
         })?;
         tokio::spawn(pods.clone().serve_socket(sock));
-        // Records written while ztunnel was down, or without a nudge, are picked up here.
+        // Records written while ztunnel was down, or without a nudge, are picked up here; certificates of
+        // enrolled pods are fetched ahead of their first connection and renewed at half-life.
         let periodic = pods.clone();
-        let w = drain.watch();
+        let (w, c) = (drain.watch(), ctx.clone());
         tokio::spawn(async move {
             while !w.is_stopping() {
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                for id in periodic.identities() {
+                    if let Err(e) = c.certs.fetch(&id).await {
+                        tracing::warn!(identity = %id, error = %e, "certificate prefetch failed");
+                    }
+                }
+                c.certs.renew_due().await;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 periodic.reconcile();
             }
         });

@@ -61,6 +61,9 @@ pub struct Workload {
     pub protocol: TunnelProtocol,
     #[serde(default)]
     pub status: WorkloadStatus,
+    /// Services this workload backs, keyed `<namespace>/<hostname>`, with its own target ports (xDS mode).
+    #[serde(default)]
+    pub services: BTreeMap<String, Vec<ServicePort>>,
 }
 
 fn default_sa() -> String {
@@ -82,8 +85,27 @@ pub struct Service {
     pub namespace: String,
     pub vip: IpAddr,
     pub ports: Vec<ServicePort>,
+    /// File mode: endpoints are the namespace's workloads whose labels match.
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
+    /// xDS mode: the FQDN that workloads name in their `services` map (key `<namespace>/<hostname>`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+impl Service {
+    pub fn key(&self) -> Option<String> {
+        self.hostname.as_ref().map(|h| format!("{}/{h}", self.namespace))
+    }
+
+    fn selects(&self, w: &Workload) -> bool {
+        if self.key().is_some_and(|k| w.services.contains_key(&k)) {
+            return true;
+        }
+        w.namespace == self.namespace
+            && !self.selector.is_empty()
+            && self.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+    }
 }
 
 /// The local state file's shape.
@@ -162,12 +184,7 @@ impl Snapshot {
             }
             let mut endpoints: Vec<Arc<Workload>> = by_ip
                 .values()
-                .filter(|w| {
-                    w.status == WorkloadStatus::Healthy
-                        && w.namespace == s.namespace
-                        && !s.selector.is_empty()
-                        && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                })
+                .filter(|w| w.status == WorkloadStatus::Healthy && s.selects(w))
                 .cloned()
                 .collect();
             endpoints.sort_by_key(|w| w.ip);
@@ -194,7 +211,13 @@ impl Snapshot {
             }
             let i = self.rr.fetch_add(1, Ordering::Relaxed) % endpoints.len();
             let w = endpoints[i].clone();
-            let target = port.target_port.unwrap_or(port.port);
+            // The workload's own target port (a named targetPort resolves per pod), else the service's.
+            let own = svc
+                .key()
+                .and_then(|k| w.services.get(&k))
+                .and_then(|ports| ports.iter().find(|p| p.port == port.port))
+                .and_then(|p| p.target_port);
+            let target = own.or(port.target_port).unwrap_or(port.port);
             return Some(Upstream {
                 addr: SocketAddr::new(w.ip, target),
                 workload: w,

@@ -1,0 +1,101 @@
+//! The control plane's typed config: defaults, an optional YAML file, environment variables; validated at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeToken {
+    pub node: String,
+    /// File holding the node's bootstrap token (the same file the node's ztunnel reads).
+    pub token_file: PathBuf,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginCa {
+    /// The CA certificate followed by its parents up to the root (PEM).
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Config {
+    /// SPIFFE trust domain (env `TRUST_DOMAIN`).
+    pub trust_domain: String,
+    /// The watched directory of Kubernetes-style YAML (env `CONFIG_DIR`).
+    pub config_dir: PathBuf,
+    /// Where the self-signed root is generated on first start and kept (env `CA_DIR`).
+    pub ca_dir: PathBuf,
+    /// A user-supplied CA (root or intermediate) instead of the generated root.
+    pub plugin_ca: Option<PluginCa>,
+    /// gRPC over TLS: CA and xDS (env `GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
+    /// `/metrics`, `/ready`, `/debug/config_dump`, `/debug/analyze` (env `MONITORING_ADDR`).
+    pub monitoring_addr: SocketAddr,
+    #[serde(with = "duration")]
+    pub certificate_ttl: Duration,
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// Quiet time after a change before pushing, so a burst of edits makes one push.
+    #[serde(with = "duration")]
+    pub debounce: Duration,
+    /// Per-node bootstrap credentials (file mode authentication of ztunnels).
+    pub node_tokens: Vec<NodeToken>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            config_dir: PathBuf::from("/etc/mesh/config"),
+            ca_dir: PathBuf::from("/var/lib/mesh/ca"),
+            plugin_ca: None,
+            grpc_addr: "0.0.0.0:15012".parse().expect("static address"),
+            monitoring_addr: "0.0.0.0:15014".parse().expect("static address"),
+            certificate_ttl: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            debounce: Duration::from_millis(100),
+            node_tokens: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg: Config = match file {
+            Some(p) => load_yaml(p)?,
+            None => Config::default(),
+        };
+        env_override("TRUST_DOMAIN", &mut cfg.trust_domain)?;
+        env_override("CONFIG_DIR", &mut cfg.config_dir)?;
+        env_override("CA_DIR", &mut cfg.ca_dir)?;
+        env_override("GRPC_ADDR", &mut cfg.grpc_addr)?;
+        env_override("MONITORING_ADDR", &mut cfg.monitoring_addr)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
+        if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
+            return invalid("trustDomain", "must be a non-empty name without '/'".into());
+        }
+        if !self.config_dir.is_dir() {
+            return invalid("configDir", format!("{} is not a directory", self.config_dir.display()));
+        }
+        if self.certificate_ttl < Duration::from_secs(60) {
+            return invalid("certificateTtl", "must be at least 1m".into());
+        }
+        for (i, t) in self.node_tokens.iter().enumerate() {
+            if t.node.is_empty() {
+                return invalid(&format!("nodeTokens[{i}].node"), "must name a node".into());
+            }
+        }
+        Ok(())
+    }
+}

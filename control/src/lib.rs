@@ -1,0 +1,13 @@
+//! The control plane: owns identity (a CA) and configuration, and pushes it to every ztunnel and waypoint.
+//!
+//! - [`model`]: the Kubernetes and mesh objects a user applies, loaded from a directory of YAML and validated.
+//! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel).
+//! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
+//! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
+
+pub mod ca;
+pub mod config;
+pub mod model;
+pub mod server;
+pub mod translate;
+pub mod xds;

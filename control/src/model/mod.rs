@@ -1,0 +1,1 @@
+//! Config objects (written by the model helper).

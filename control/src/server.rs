@@ -1,0 +1,219 @@
+//! The control plane process: watches the config directory, translates it into xDS snapshots, and serves the CA
+//! and delta xDS over gRPC with TLS on 15012, plus monitoring on 15014.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use mesh_core::ca::CertificateAuthority;
+use mesh_core::identity::Identity;
+use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use mesh_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::ca::{CaService, Caller, NodeIdentities, TokenAuthenticator};
+use crate::config::Config;
+use crate::model::{self, ConfigSet, Diagnostic};
+use crate::xds::{AdsService, Snapshot, XdsMetrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("CA: {0}")]
+    Ca(#[from] mesh_core::ca::CaError),
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// The control plane's identity (Istio's), and the names its serving certificate carries.
+pub const CONTROL_SA: (&str, &str) = ("istio-system", "istiod");
+pub const CONTROL_DNS: &[&str] = &["istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "localhost"];
+
+/// What `/debug/config_dump` and `/debug/analyze` show.
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: u64,
+    pub config: ConfigSet,
+    pub diagnostics: Vec<String>,
+}
+
+fn read(path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn load_ca(cfg: &Config) -> Result<CertificateAuthority, StartError> {
+    match &cfg.plugin_ca {
+        Some(p) => Ok(CertificateAuthority::from_pem(&cfg.trust_domain, &read(&p.cert_chain)?, &read(&p.key)?)?),
+        None => Ok(CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?),
+    }
+}
+
+fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
+    let mut tokens = HashMap::new();
+    for t in &cfg.node_tokens {
+        let caller = Caller {
+            identity: Identity::new(&cfg.trust_domain, "istio-system", "ztunnel"),
+            node: Some(t.node.clone()),
+        };
+        tokens.insert(read(&t.token_file)?.trim().to_string(), caller);
+    }
+    Ok(TokenAuthenticator::new(tokens))
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let ca = Arc::new(load_ca(&cfg)?);
+    // Clients bootstrap trust from this file (Kubernetes: the istio-ca-root-cert ConfigMap).
+    std::fs::create_dir_all(&cfg.ca_dir).map_err(|source| StartError::Read {
+        path: cfg.ca_dir.display().to_string(),
+        source,
+    })?;
+    let root_file = cfg.ca_dir.join("root-cert.pem");
+    if read(&root_file).ok().as_deref() != Some(ca.root_pem()) {
+        std::fs::write(&root_file, ca.root_pem()).map_err(|source| StartError::Read {
+            path: root_file.display().to_string(),
+            source,
+        })?;
+    }
+    let id = Identity::new(&cfg.trust_domain, CONTROL_SA.0, CONTROL_SA.1);
+    let (cert_pem, key_pem) = ca.issue_serving(&id, CONTROL_DNS, cfg.certificate_ttl)?;
+
+    let mut registry = Registry::default();
+    let auth = Arc::new(authenticator(&cfg)?);
+    let nodes = Arc::new(ArcSwap::from_pointee(NodeIdentities::default()));
+    let ca_service = CaService::new(
+        ca.clone(),
+        Box::new(authenticator(&cfg)?),
+        nodes.clone(),
+        cfg.certificate_ttl,
+        &mut registry,
+    );
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry));
+    let rejected = Gauge::<i64>::default();
+    registry.register(
+        "mesh_config_rejected_objects",
+        "Config objects currently rejected by validation (their last good version keeps serving)",
+        rejected.clone(),
+    );
+    let status = Arc::new(ArcSwap::from_pointee(Status::default()));
+    tokio::spawn(watch_config(cfg.clone(), snap_tx, nodes, status.clone(), rejected));
+
+    let registry = Arc::new(registry);
+    let monitoring = tokio::net::TcpListener::bind(cfg.monitoring_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.monitoring_addr.to_string(),
+            source,
+        })?;
+    let drain = mesh_core::drain::Drain::new();
+    tokio::spawn(mesh_core::admin::serve(monitoring, monitoring_handler(registry, status), drain.watch()));
+
+    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(IstioCertificateServiceServer::new(ca_service))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .serve_with_shutdown(cfg.grpc_addr, shutdown)
+        .await?;
+    Ok(())
+}
+
+fn monitoring_handler(registry: Arc<Registry>, status: Arc<ArcSwap<Status>>) -> mesh_core::admin::Handler {
+    Arc::new(move |req| match req.uri.path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            mesh_core::metrics::encode(&registry),
+        ),
+        "/ready" => mesh_core::admin::text(StatusCode::OK, "ready\n"),
+        "/debug/config_dump" => mesh_core::admin::json(&**status.load()),
+        "/debug/analyze" => mesh_core::admin::text(StatusCode::OK, status.load().diagnostics.join("\n")),
+        _ => mesh_core::admin::text(StatusCode::NOT_FOUND, "try /metrics, /ready, /debug/config_dump\n"),
+    })
+}
+
+/// (path, modified, length) of every file under the directory: a change in any is a config change.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => out.push((p, m.modified().ok(), m.len())),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn watch_config(
+    cfg: Config,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    nodes: Arc<ArcSwap<NodeIdentities>>,
+    status: Arc<ArcSwap<Status>>,
+    rejected: Gauge<i64>,
+) {
+    let mut previous: Option<ConfigSet> = None;
+    let mut seen = None;
+    let mut version = 0;
+    loop {
+        let now = fingerprint(&cfg.config_dir);
+        if seen.as_ref() != Some(&now) {
+            let observed = Instant::now();
+            // Let a burst of edits settle into one push.
+            tokio::time::sleep(cfg.debounce).await;
+            if fingerprint(&cfg.config_dir) != now {
+                continue;
+            }
+            seen = Some(now);
+            let (set, diagnostics) = model::load_dir(&cfg.config_dir, previous.as_ref());
+            log_diagnostics(&diagnostics);
+            rejected.set(diagnostics.iter().filter(|d| d.severity == model::Severity::Error).count() as i64);
+            let out = crate::translate::translate(&set, &cfg.trust_domain);
+            version += 1;
+            tracing::info!(version, resources = out.resource_count(), "config pushed");
+            nodes.store(Arc::new(out.nodes));
+            snapshots.send_replace(Arc::new(Snapshot {
+                version,
+                observed,
+                resources: out.resources,
+            }));
+            status.store(Arc::new(Status {
+                version,
+                config: set.clone(),
+                diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+            }));
+            previous = Some(set);
+        }
+        tokio::time::sleep(cfg.poll_interval).await;
+    }
+}
+
+fn log_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        match d.severity {
+            model::Severity::Error => tracing::error!("{d}; the last good version keeps serving"),
+            model::Severity::Warning => tracing::warn!("{d}"),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Config → xDS resources. ztunnel's view is Istio's workload API: every Pod and WorkloadEntry becomes an
+//! `istio.workload.Workload` (HBONE when its namespace, or the pod itself, is in ambient mode), every Service with
+//! a cluster IP an `istio.workload.Service`, and each workload names the services it backs with its own ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use mesh_core::identity::Identity;
+use mesh_proto::istio::workload::{address, Address, NetworkAddress, Port, PortList, Service, Workload};
+use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
+use crate::ca::NodeIdentities;
+use crate::model::ConfigSet;
+use crate::xds::Resource;
+
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+
+/// The outcome of one translation.
+#[derive(Default)]
+pub struct Translated {
+    pub resources: BTreeMap<String, BTreeMap<String, Resource>>,
+    pub nodes: NodeIdentities,
+}
+
+impl Translated {
+    pub fn resource_count(&self) -> usize {
+        self.resources.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// A workload as the translation needs it, from a Pod or a WorkloadEntry.
+struct Endpoint<'a> {
+    uid: String,
+    name: &'a str,
+    namespace: &'a str,
+    ip: IpAddr,
+    node: String,
+    service_account: String,
+    labels: &'a BTreeMap<String, String>,
+}
+
+fn octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+pub fn hostname(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.cluster.local")
+}
+
+fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
+    let mut out = Vec::new();
+    for p in set.pods() {
+        let Some(ip) = p.ip() else { continue };
+        out.push(Endpoint {
+            uid: format!("Kubernetes//Pod/{}/{}", p.metadata.namespace, p.metadata.name),
+            name: &p.metadata.name,
+            namespace: &p.metadata.namespace,
+            ip,
+            node: p.node_name().to_string(),
+            service_account: p.service_account().to_string(),
+            labels: &p.metadata.labels,
+        });
+    }
+    for w in set.workload_entries() {
+        let Some(ip) = w.ip() else { continue };
+        out.push(Endpoint {
+            uid: format!("Kubernetes/networking.istio.io/WorkloadEntry/{}/{}", w.metadata.namespace, w.metadata.name),
+            name: &w.metadata.name,
+            namespace: &w.metadata.namespace,
+            ip,
+            node: w.node_name().unwrap_or_default().to_string(),
+            service_account: w.service_account().to_string(),
+            labels: w.labels(),
+        });
+    }
+    out
+}
+
+/// Ambient when the pod says so, else when its namespace does; `none` on the pod opts it out.
+fn in_ambient(set: &ConfigSet, e: &Endpoint<'_>) -> bool {
+    match e.labels.get(DATAPLANE_MODE).map(String::as_str) {
+        Some("ambient") => true,
+        Some(_) => false,
+        None => set
+            .namespace(e.namespace)
+            .and_then(|ns| ns.metadata.labels.get(DATAPLANE_MODE))
+            .is_some_and(|m| m == "ambient"),
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
+    let mut addresses = BTreeMap::new();
+    let mut nodes: BTreeMap<String, BTreeSet<Identity>> = BTreeMap::new();
+    let services: Vec<_> = set.services().collect();
+    for e in endpoints(set) {
+        let mut backs = std::collections::HashMap::new();
+        for s in services.iter().filter(|s| s.metadata.namespace == e.namespace && selects(s.selector(), e.labels)) {
+            let ports = s
+                .ports()
+                .iter()
+                .map(|(port, target)| Port {
+                    service_port: u32::from(*port),
+                    target_port: target.map(u32::from).unwrap_or(0),
+                })
+                .collect();
+            backs.insert(
+                format!("{}/{}", s.metadata.namespace, hostname(&s.metadata.name, &s.metadata.namespace)),
+                PortList { ports },
+            );
+        }
+        let ambient = in_ambient(set, &e);
+        if ambient && !e.node.is_empty() {
+            nodes
+                .entry(e.node.clone())
+                .or_default()
+                .insert(Identity::new(trust_domain, e.namespace, &e.service_account));
+        }
+        let canonical = e
+            .labels
+            .get("app.kubernetes.io/name")
+            .or_else(|| e.labels.get("app"))
+            .cloned()
+            .unwrap_or_else(|| e.name.to_string());
+        let w = Workload {
+            uid: e.uid.clone(),
+            name: e.name.to_string(),
+            namespace: e.namespace.to_string(),
+            addresses: vec![octets(&e.ip)],
+            tunnel_protocol: if ambient { 1 } else { 0 },
+            trust_domain: trust_domain.to_string(),
+            service_account: e.service_account.clone(),
+            node: e.node.clone(),
+            canonical_name: canonical,
+            canonical_revision: e.labels.get("version").cloned().unwrap_or_else(|| "latest".into()),
+            workload_name: e.name.to_string(),
+            services: backs,
+            ..Default::default()
+        };
+        let addr = Address {
+            r#type: Some(address::Type::Workload(w)),
+        };
+        addresses.insert(e.uid, Resource::new(&addr));
+    }
+    for s in services {
+        let Some(vip) = s.cluster_ip() else { continue };
+        let host = hostname(&s.metadata.name, &s.metadata.namespace);
+        let svc = Service {
+            name: s.metadata.name.clone(),
+            namespace: s.metadata.namespace.clone(),
+            hostname: host.clone(),
+            addresses: vec![NetworkAddress {
+                network: String::new(),
+                address: octets(&vip),
+            }],
+            ports: s
+                .ports()
+                .iter()
+                .map(|(port, target)| Port {
+                    service_port: u32::from(*port),
+                    target_port: target.map(u32::from).unwrap_or(0),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let addr = Address {
+            r#type: Some(address::Type::Service(svc)),
+        };
+        addresses.insert(format!("{}/{host}", s.metadata.namespace), Resource::new(&addr));
+    }
+    let mut resources = BTreeMap::new();
+    resources.insert(ADDRESS_TYPE_URL.to_string(), addresses);
+    resources.insert(AUTHORIZATION_TYPE_URL.to_string(), BTreeMap::new());
+    Translated {
+        resources,
+        nodes: NodeIdentities(nodes),
+    }
+}

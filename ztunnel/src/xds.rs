@@ -1,0 +1,150 @@
+//! ztunnel's side of delta xDS: `istio.workload.Address` resources become the state snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use mesh_core::control::XdsHandler;
+use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+use mesh_proto::istio::workload::{address, Address};
+use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
+use crate::state::{LocalState, Service, ServicePort, Snapshot, StateStore, TunnelProtocol, Workload, WorkloadStatus};
+
+pub struct WorkloadHandler {
+    store: StateStore,
+    /// name → (version, resource), as last accepted.
+    addresses: BTreeMap<String, (String, Address)>,
+    /// Authorization resources are accepted and held until policy enforcement lands.
+    authorizations: HashMap<String, String>,
+}
+
+impl WorkloadHandler {
+    pub fn new(store: StateStore) -> Self {
+        Self {
+            store,
+            addresses: BTreeMap::new(),
+            authorizations: HashMap::new(),
+        }
+    }
+}
+
+impl XdsHandler for WorkloadHandler {
+    fn type_urls(&self) -> Vec<String> {
+        vec![ADDRESS_TYPE_URL.into(), AUTHORIZATION_TYPE_URL.into()]
+    }
+
+    fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        match type_url {
+            ADDRESS_TYPE_URL => self.addresses.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
+            _ => self.authorizations.clone(),
+        }
+    }
+
+    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
+        if resp.type_url == AUTHORIZATION_TYPE_URL {
+            for r in &resp.resources {
+                self.authorizations.insert(r.name.clone(), r.version.clone());
+            }
+            for n in &resp.removed_resources {
+                self.authorizations.remove(n);
+            }
+            return Ok(());
+        }
+        if resp.type_url != ADDRESS_TYPE_URL {
+            return Err(format!("unexpected type {}", resp.type_url));
+        }
+        let mut next = self.addresses.clone();
+        for name in &resp.removed_resources {
+            next.remove(name);
+        }
+        for r in &resp.resources {
+            let any = r.resource.as_ref().ok_or_else(|| format!("resource {}: empty", r.name))?;
+            let addr: Address = any.to_msg().map_err(|e| format!("resource {}: {e}", r.name))?;
+            next.insert(r.name.clone(), (r.version.clone(), addr));
+        }
+        let local = to_local_state(next.values().map(|(_, a)| a))?;
+        let snap = Snapshot::build(local).map_err(|e| e.to_string())?;
+        tracing::info!(workloads = snap.source.workloads.len(), services = snap.source.services.len(), "state from xDS applied");
+        self.store.store(snap);
+        self.addresses = next;
+        Ok(())
+    }
+}
+
+fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
+    match bytes.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).expect("length checked"))),
+        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).expect("length checked"))),
+        n => Err(format!("{what}: address of {n} bytes")),
+    }
+}
+
+/// Istio's workload API as the state's shape.
+pub fn to_local_state<'a>(addresses: impl Iterator<Item = &'a Address>) -> Result<LocalState, String> {
+    let mut out = LocalState::default();
+    for a in addresses {
+        match &a.r#type {
+            Some(address::Type::Workload(w)) => {
+                let what = format!("Workload {}/{}", w.namespace, w.name);
+                let first = w.addresses.first().ok_or_else(|| format!("{what}: no address"))?;
+                let mut labels = BTreeMap::new();
+                if !w.canonical_name.is_empty() {
+                    labels.insert("app".to_string(), w.canonical_name.clone());
+                }
+                if !w.canonical_revision.is_empty() {
+                    labels.insert("version".to_string(), w.canonical_revision.clone());
+                }
+                let services = w
+                    .services
+                    .iter()
+                    .map(|(k, pl)| {
+                        let ports = pl
+                            .ports
+                            .iter()
+                            .map(|p| ServicePort {
+                                port: p.service_port as u16,
+                                target_port: Some(p.target_port as u16).filter(|t| *t != 0),
+                            })
+                            .collect();
+                        (k.clone(), ports)
+                    })
+                    .collect();
+                out.workloads.push(Workload {
+                    name: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account.clone() },
+                    ip: ip(first, &what)?,
+                    node: w.node.clone(),
+                    labels,
+                    protocol: if w.tunnel_protocol == 1 { TunnelProtocol::Hbone } else { TunnelProtocol::None },
+                    status: if w.status == 1 { WorkloadStatus::Unhealthy } else { WorkloadStatus::Healthy },
+                    services,
+                });
+            }
+            Some(address::Type::Service(s)) => {
+                let what = format!("Service {}/{}", s.namespace, s.name);
+                let Some(vip) = s.addresses.first() else {
+                    // Headless services have no VIP to capture; their pods are reached by IP.
+                    continue;
+                };
+                out.services.push(Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    vip: ip(&vip.address, &what)?,
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            port: p.service_port as u16,
+                            target_port: Some(p.target_port as u16).filter(|t| *t != 0),
+                        })
+                        .collect(),
+                    selector: BTreeMap::new(),
+                    hostname: Some(s.hostname.clone()),
+                });
+            }
+            None => return Err("Address with neither workload nor service".into()),
+        }
+    }
+    Ok(out)
+}
