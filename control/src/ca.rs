@@ -46,9 +46,9 @@ impl TokenAuthenticator {
 
 /// The bearer token of a gRPC request (`authorization: Bearer <token>`).
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("no authorization header: send `authorization: Bearer <token>`"))?;
+    let value = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("no authorization header: send `authorization: Bearer <token>`")
+    })?;
     value
         .to_str()
         .ok()
@@ -122,7 +122,11 @@ impl CaService {
     }
 
     /// The identity the certificate is for: the caller's own, or one it may impersonate.
-    fn authorize(&self, caller: &Caller, req: &IstioCertificateRequest) -> Result<Identity, Status> {
+    fn authorize(
+        &self,
+        caller: &Caller,
+        req: &IstioCertificateRequest,
+    ) -> Result<Identity, Status> {
         let impersonated = req
             .metadata
             .as_ref()

@@ -81,12 +81,20 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
+        let invalid = |field: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                reason,
+            })
+        };
         if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
             return invalid("trustDomain", "must be a non-empty name without '/'".into());
         }
         if !self.config_dir.is_dir() {
-            return invalid("configDir", format!("{} is not a directory", self.config_dir.display()));
+            return invalid(
+                "configDir",
+                format!("{} is not a directory", self.config_dir.display()),
+            );
         }
         if self.certificate_ttl < Duration::from_secs(60) {
             return invalid("certificateTtl", "must be at least 1m".into());

@@ -1,6 +1,7 @@
 //! The control plane: owns identity (a CA) and configuration, and pushes it to every ztunnel and waypoint.
 //!
-//! - [`model`]: the Kubernetes and mesh objects a user applies, loaded from a directory of YAML and validated.
+//! - [`model`]: the Kubernetes and mesh objects a user applies, loaded from a directory of YAML and validated
+//!   (an invalid object keeps its last good version); `model::analyze` adds `istioctl analyze`-style checks.
 //! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel).
 //! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
 //! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.

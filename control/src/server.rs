@@ -27,16 +27,26 @@ pub enum StartError {
     #[error("CA: {0}")]
     Ca(#[from] mesh_core::ca::CaError),
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
 
 /// The control plane's identity (Istio's), and the names its serving certificate carries.
 pub const CONTROL_SA: (&str, &str) = ("istio-system", "istiod");
-pub const CONTROL_DNS: &[&str] = &["istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "localhost"];
+pub const CONTROL_DNS: &[&str] = &[
+    "istiod.istio-system.svc",
+    "istiod.istio-system.svc.cluster.local",
+    "localhost",
+];
 
 /// What `/debug/config_dump` and `/debug/analyze` show.
 #[derive(Default, serde::Serialize)]
@@ -56,8 +66,15 @@ fn read(path: &Path) -> Result<String, StartError> {
 
 fn load_ca(cfg: &Config) -> Result<CertificateAuthority, StartError> {
     match &cfg.plugin_ca {
-        Some(p) => Ok(CertificateAuthority::from_pem(&cfg.trust_domain, &read(&p.cert_chain)?, &read(&p.key)?)?),
-        None => Ok(CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?),
+        Some(p) => Ok(CertificateAuthority::from_pem(
+            &cfg.trust_domain,
+            &read(&p.cert_chain)?,
+            &read(&p.key)?,
+        )?),
+        None => Ok(CertificateAuthority::load_or_create(
+            &cfg.ca_dir,
+            &cfg.trust_domain,
+        )?),
     }
 }
 
@@ -74,7 +91,10 @@ fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let ca = Arc::new(load_ca(&cfg)?);
     // Clients bootstrap trust from this file (Kubernetes: the istio-ca-root-cert ConfigMap).
     std::fs::create_dir_all(&cfg.ca_dir).map_err(|source| StartError::Read {
@@ -110,7 +130,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         rejected.clone(),
     );
     let status = Arc::new(ArcSwap::from_pointee(Status::default()));
-    tokio::spawn(watch_config(cfg.clone(), snap_tx, nodes, status.clone(), rejected));
+    tokio::spawn(watch_config(
+        cfg.clone(),
+        snap_tx,
+        nodes,
+        status.clone(),
+        rejected,
+    ));
 
     let registry = Arc::new(registry);
     let monitoring = tokio::net::TcpListener::bind(cfg.monitoring_addr)
@@ -120,9 +146,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             source,
         })?;
     let drain = mesh_core::drain::Drain::new();
-    tokio::spawn(mesh_core::admin::serve(monitoring, monitoring_handler(registry, status), drain.watch()));
+    tokio::spawn(mesh_core::admin::serve(
+        monitoring,
+        monitoring_handler(registry, status),
+        drain.watch(),
+    ));
 
-    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
     tonic::transport::Server::builder()
         .tls_config(tls)?
@@ -133,7 +164,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     Ok(())
 }
 
-fn monitoring_handler(registry: Arc<Registry>, status: Arc<ArcSwap<Status>>) -> mesh_core::admin::Handler {
+fn monitoring_handler(
+    registry: Arc<Registry>,
+    status: Arc<ArcSwap<Status>>,
+) -> mesh_core::admin::Handler {
     Arc::new(move |req| match req.uri.path() {
         "/metrics" => (
             StatusCode::OK,
@@ -142,8 +176,13 @@ fn monitoring_handler(registry: Arc<Registry>, status: Arc<ArcSwap<Status>>) -> 
         ),
         "/ready" => mesh_core::admin::text(StatusCode::OK, "ready\n"),
         "/debug/config_dump" => mesh_core::admin::json(&**status.load()),
-        "/debug/analyze" => mesh_core::admin::text(StatusCode::OK, status.load().diagnostics.join("\n")),
-        _ => mesh_core::admin::text(StatusCode::NOT_FOUND, "try /metrics, /ready, /debug/config_dump\n"),
+        "/debug/analyze" => {
+            mesh_core::admin::text(StatusCode::OK, status.load().diagnostics.join("\n"))
+        }
+        _ => mesh_core::admin::text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /ready, /debug/config_dump\n",
+        ),
     })
 }
 
@@ -152,7 +191,9 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             match e.metadata() {
@@ -188,7 +229,12 @@ async fn watch_config(
             seen = Some(now);
             let (set, diagnostics) = model::load_dir(&cfg.config_dir, previous.as_ref());
             log_diagnostics(&diagnostics);
-            rejected.set(diagnostics.iter().filter(|d| d.severity == model::Severity::Error).count() as i64);
+            rejected.set(
+                diagnostics
+                    .iter()
+                    .filter(|d| d.severity == model::Severity::Error)
+                    .count() as i64,
+            );
             let out = crate::translate::translate(&set, &cfg.trust_domain);
             version += 1;
             tracing::info!(version, resources = out.resource_count(), "config pushed");

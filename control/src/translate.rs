@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use mesh_core::identity::Identity;
-use mesh_proto::istio::workload::{address, Address, NetworkAddress, Port, PortList, Service, Workload};
+use mesh_proto::istio::workload::{
+    address, Address, NetworkAddress, Port, PortList, Service, Workload,
+};
 use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 use crate::ca::NodeIdentities;
-use crate::model::ConfigSet;
+use crate::model::{ConfigSet, Pod};
 use crate::xds::Resource;
 
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
@@ -37,6 +39,8 @@ struct Endpoint<'a> {
     node: String,
     service_account: String,
     labels: &'a BTreeMap<String, String>,
+    /// Resolves named target ports.
+    pod: Option<&'a Pod>,
 }
 
 fn octets(ip: &IpAddr) -> Vec<u8> {
@@ -53,27 +57,45 @@ pub fn hostname(name: &str, namespace: &str) -> String {
 fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
     let mut out = Vec::new();
     for p in set.pods() {
-        let Some(ip) = p.ip() else { continue };
+        // A pod without an IP is not running yet: nothing can reach it.
+        let Some(ip) = p.ips().first().copied() else {
+            continue;
+        };
         out.push(Endpoint {
-            uid: format!("Kubernetes//Pod/{}/{}", p.metadata.namespace, p.metadata.name),
+            uid: format!(
+                "Kubernetes//Pod/{}/{}",
+                p.metadata.namespace, p.metadata.name
+            ),
             name: &p.metadata.name,
             namespace: &p.metadata.namespace,
             ip,
-            node: p.node_name().to_string(),
+            node: p.spec.node_name.clone().unwrap_or_default(),
             service_account: p.service_account().to_string(),
             labels: &p.metadata.labels,
+            pod: Some(p),
         });
     }
     for w in set.workload_entries() {
-        let Some(ip) = w.ip() else { continue };
+        let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let labels = if w.spec.labels.is_empty() {
+            &w.metadata.labels
+        } else {
+            &w.spec.labels
+        };
         out.push(Endpoint {
-            uid: format!("Kubernetes/networking.istio.io/WorkloadEntry/{}/{}", w.metadata.namespace, w.metadata.name),
+            uid: format!(
+                "Kubernetes/networking.istio.io/WorkloadEntry/{}/{}",
+                w.metadata.namespace, w.metadata.name
+            ),
             name: &w.metadata.name,
             namespace: &w.metadata.namespace,
             ip,
-            node: w.node_name().unwrap_or_default().to_string(),
+            node: w.node().unwrap_or_default().to_string(),
             service_account: w.service_account().to_string(),
-            labels: w.labels(),
+            labels,
+            pod: None,
         });
     }
     out
@@ -101,17 +123,25 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
     let services: Vec<_> = set.services().collect();
     for e in endpoints(set) {
         let mut backs = std::collections::HashMap::new();
-        for s in services.iter().filter(|s| s.metadata.namespace == e.namespace && selects(s.selector(), e.labels)) {
+        for s in services
+            .iter()
+            .filter(|s| s.metadata.namespace == e.namespace && selects(&s.spec.selector, e.labels))
+        {
             let ports = s
-                .ports()
+                .spec
+                .ports
                 .iter()
-                .map(|(port, target)| Port {
-                    service_port: u32::from(*port),
-                    target_port: target.map(u32::from).unwrap_or(0),
+                .map(|p| Port {
+                    service_port: p.port,
+                    target_port: p.target_port_on(e.pod).unwrap_or(0),
                 })
                 .collect();
             backs.insert(
-                format!("{}/{}", s.metadata.namespace, hostname(&s.metadata.name, &s.metadata.namespace)),
+                format!(
+                    "{}/{}",
+                    s.metadata.namespace,
+                    hostname(&s.metadata.name, &s.metadata.namespace)
+                ),
                 PortList { ports },
             );
         }
@@ -138,7 +168,11 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
             service_account: e.service_account.clone(),
             node: e.node.clone(),
             canonical_name: canonical,
-            canonical_revision: e.labels.get("version").cloned().unwrap_or_else(|| "latest".into()),
+            canonical_revision: e
+                .labels
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| "latest".into()),
             workload_name: e.name.to_string(),
             services: backs,
             ..Default::default()
@@ -149,7 +183,9 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
         addresses.insert(e.uid, Resource::new(&addr));
     }
     for s in services {
-        let Some(vip) = s.cluster_ip() else { continue };
+        let Some(vip) = s.cluster_ips().first().copied() else {
+            continue;
+        };
         let host = hostname(&s.metadata.name, &s.metadata.namespace);
         let svc = Service {
             name: s.metadata.name.clone(),
@@ -159,12 +195,14 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
                 network: String::new(),
                 address: octets(&vip),
             }],
+            // Numeric target ports here; named ones resolve per workload (in its `services` map).
             ports: s
-                .ports()
+                .spec
+                .ports
                 .iter()
-                .map(|(port, target)| Port {
-                    service_port: u32::from(*port),
-                    target_port: target.map(u32::from).unwrap_or(0),
+                .map(|p| Port {
+                    service_port: p.port,
+                    target_port: p.target_port_on(None).unwrap_or(0),
                 })
                 .collect(),
             ..Default::default()
@@ -172,7 +210,10 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
         let addr = Address {
             r#type: Some(address::Type::Service(svc)),
         };
-        addresses.insert(format!("{}/{host}", s.metadata.namespace), Resource::new(&addr));
+        addresses.insert(
+            format!("{}/{host}", s.metadata.namespace),
+            Resource::new(&addr),
+        );
     }
     let mut resources = BTreeMap::new();
     resources.insert(ADDRESS_TYPE_URL.to_string(), addresses);

@@ -13,7 +13,8 @@ use std::time::Instant;
 use futures::Stream;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use mesh_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as XdsResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as XdsResource,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +36,8 @@ pub struct Resource {
 
 impl Resource {
     pub fn new<M: prost::Name>(msg: &M) -> Self {
-        let body = prost_types::Any::from_msg(msg).expect("encoding a message into Any cannot fail");
+        let body =
+            prost_types::Any::from_msg(msg).expect("encoding a message into Any cannot fail");
         Self {
             version: format!("{:016x}", fnv1a(&body.value)),
             body,
@@ -44,9 +46,9 @@ impl Resource {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Every resource of every type, as of one config change.
@@ -74,7 +76,11 @@ pub struct TypeLabels {
 }
 
 fn short_type(type_url: &str) -> String {
-    type_url.rsplit('.').next().unwrap_or(type_url).to_lowercase()
+    type_url
+        .rsplit('.')
+        .next()
+        .unwrap_or(type_url)
+        .to_lowercase()
 }
 
 /// Istio's pilot metric names, so existing dashboards read them.
@@ -94,8 +100,16 @@ impl XdsMetrics {
             convergence: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             connected: Gauge::default(),
         };
-        registry.register("pilot_xds_pushes", "xDS responses sent, by type", m.pushes.clone());
-        registry.register("pilot_total_xds_rejects", "xDS responses NACKed by proxies, by type", m.rejects.clone());
+        registry.register(
+            "pilot_xds_pushes",
+            "xDS responses sent, by type",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "xDS responses NACKed by proxies, by type",
+            m.rejects.clone(),
+        );
         registry.register(
             "pilot_proxy_convergence_time",
             "Seconds from a config change being observed to the proxy's ACK",
@@ -113,7 +127,11 @@ pub struct AdsService {
 }
 
 impl AdsService {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<dyn Authenticator>, metrics: XdsMetrics) -> Self {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        auth: Arc<dyn Authenticator>,
+        metrics: XdsMetrics,
+    ) -> Self {
         Self {
             snapshots,
             auth,
@@ -134,7 +152,9 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
-        Err(Status::unimplemented("state-of-the-world ADS is not served: use DeltaAggregatedResources"))
+        Err(Status::unimplemented(
+            "state-of-the-world ADS is not served: use DeltaAggregatedResources",
+        ))
     }
 
     async fn delta_aggregated_resources(
@@ -145,14 +165,19 @@ impl AggregatedDiscoveryService for AdsService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let conn = Conn {
-            peer: caller.node.clone().unwrap_or_else(|| caller.identity.to_string()),
+            peer: caller
+                .node
+                .clone()
+                .unwrap_or_else(|| caller.identity.to_string()),
             types: HashMap::new(),
             nonce: 0,
             tx,
             metrics: self.metrics.clone(),
         };
         tokio::spawn(conn.run(inbound, self.snapshots.clone()));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -181,7 +206,11 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>, mut snaps: watch::Receiver<Arc<Snapshot>>) {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        mut snaps: watch::Receiver<Arc<Snapshot>>,
+    ) {
         self.metrics.connected.inc();
         tracing::info!(peer = %self.peer, "xDS stream opened");
         loop {
@@ -228,13 +257,18 @@ impl Conn {
             state.wildcard = req.resource_names_subscribe.is_empty();
         }
         if !req.response_nonce.is_empty() {
-            let matches = state.pending.as_ref().is_some_and(|(n, _)| *n == req.response_nonce);
+            let matches = state
+                .pending
+                .as_ref()
+                .is_some_and(|(n, _)| *n == req.response_nonce);
             if let Some(err) = &req.error_detail {
                 self.metrics.rejects.get_or_create(&labels).inc();
                 tracing::warn!(peer = %self.peer, r#type = %labels.r#type, nonce = %req.response_nonce, error = %err.message, "xDS NACK");
             } else if matches {
                 if let Some((_, observed)) = state.pending.take() {
-                    self.metrics.convergence.observe(observed.elapsed().as_secs_f64());
+                    self.metrics
+                        .convergence
+                        .observe(observed.elapsed().as_secs_f64());
                 }
             }
         }
@@ -253,7 +287,8 @@ impl Conn {
                 state.sent.remove(name);
             }
         }
-        let changed_subscriptions = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+        let changed_subscriptions =
+            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         if first || changed_subscriptions {
             self.push(&req.type_url, snap, first).await?;
         }

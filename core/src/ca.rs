@@ -155,11 +155,18 @@ impl CertificateAuthority {
 
     /// A serving certificate for a control-plane endpoint: the SPIFFE identity plus DNS names, so clients that
     /// verify a hostname (gRPC over TLS) accept it as well as mesh peers.
-    pub fn issue_serving(&self, identity: &Identity, dns_names: &[&str], ttl: Duration) -> Result<(String, String), CaError> {
+    pub fn issue_serving(
+        &self,
+        identity: &Identity,
+        dns_names: &[&str],
+        ttl: Duration,
+    ) -> Result<(String, String), CaError> {
         let key = KeyPair::generate()?;
         let mut params = leaf_params(identity, ttl)?;
         for dns in dns_names {
-            params.subject_alt_names.push(SanType::DnsName((*dns).try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*dns).try_into()?));
         }
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain = cert.pem();

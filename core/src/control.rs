@@ -22,7 +22,10 @@ pub enum ControlError {
     #[error("control plane address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("connecting to the control plane at {addr}: {source}")]
     Connect {
         addr: String,
@@ -94,12 +97,13 @@ impl ControlPlane {
 
     fn authorize<T>(&self, msg: T) -> Result<tonic::Request<T>, ControlError> {
         let mut req = tonic::Request::new(msg);
-        let value = format!("Bearer {}", self.token()?)
-            .parse()
-            .map_err(|_| ControlError::Address {
-                addr: self.token_file.display().to_string(),
-                reason: "token is not a valid header value".into(),
-            })?;
+        let value =
+            format!("Bearer {}", self.token()?)
+                .parse()
+                .map_err(|_| ControlError::Address {
+                    addr: self.token_file.display().to_string(),
+                    reason: "token is not a valid header value".into(),
+                })?;
         req.metadata_mut().insert("authorization", value);
         Ok(req)
     }
@@ -131,7 +135,11 @@ impl ControlPlane {
             .create_certificate(req)
             .await?
             .into_inner();
-        let chain: Vec<_> = resp.cert_chain.iter().flat_map(|p| parse_pem_certs(p)).collect();
+        let chain: Vec<_> = resp
+            .cert_chain
+            .iter()
+            .flat_map(|p| parse_pem_certs(p))
+            .collect();
         let bad = |reason: &str| ControlError::Chain {
             identity: identity.to_string(),
             reason: reason.into(),
@@ -143,11 +151,22 @@ impl ControlPlane {
         if &got != identity {
             return Err(bad(&format!("leaf is for {got}")));
         }
-        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| bad(&e.to_string()))?;
-        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
-        let root = chain.last().expect("chain has at least two certificates").clone();
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref())
+            .map_err(|e| bad(&e.to_string()))?;
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
+        let root = chain
+            .last()
+            .expect("chain has at least two certificates")
+            .clone();
         let presented = chain[..chain.len() - 1].to_vec();
-        Ok(WorkloadCert::new(identity.clone(), presented, key, vec![root], not_after))
+        Ok(WorkloadCert::new(
+            identity.clone(),
+            presented,
+            key,
+            vec![root],
+            not_after,
+        ))
     }
 }
 
@@ -169,7 +188,9 @@ pub async fn run_xds<H: XdsHandler>(cp: ControlPlane, node: Node, mut handler: H
         let started = std::time::Instant::now();
         match xds_stream(&cp, &node, &mut handler).await {
             Ok(()) => tracing::warn!("xDS stream ended; reconnecting"),
-            Err(e) => tracing::warn!(error = %e, "xDS stream failed; keeping last config and reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "xDS stream failed; keeping last config and reconnecting")
+            }
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(100);
@@ -179,7 +200,11 @@ pub async fn run_xds<H: XdsHandler>(cp: ControlPlane, node: Node, mut handler: H
     }
 }
 
-async fn xds_stream<H: XdsHandler>(cp: &ControlPlane, node: &Node, handler: &mut H) -> Result<(), ControlError> {
+async fn xds_stream<H: XdsHandler>(
+    cp: &ControlPlane,
+    node: &Node,
+    handler: &mut H,
+) -> Result<(), ControlError> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     for type_url in handler.type_urls() {
         let first = DeltaDiscoveryRequest {

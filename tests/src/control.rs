@@ -18,11 +18,12 @@ impl Cluster {
         self.dir.join("config")
     }
 
-    fn token_file(&self, node: usize) -> PathBuf {
+    /// Node `node` (1-based, as in its name)'s bootstrap token.
+    pub fn token_file(&self, node: usize) -> PathBuf {
         self.dir.join(format!("token-node{node}"))
     }
 
-    /// ztunnel's `controlPlane` block for node `i` (writing the node's bootstrap token).
+    /// ztunnel's `controlPlane` block for node `i` (1-based), writing the node's bootstrap token.
     pub(crate) fn control_plane_ref(&self, i: usize) -> Result<String> {
         let token: u128 = rand::random();
         std::fs::write(self.token_file(i), format!("{token:032x}\n"))?;
@@ -42,8 +43,12 @@ impl Cluster {
             "metadata": {"name": "default", "labels": {"istio.io/dataplane-mode": "ambient"}},
         })];
         for p in &self.pods {
-            let mut labels: serde_json::Map<String, serde_json::Value> =
-                p.spec.labels.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+            let mut labels: serde_json::Map<String, serde_json::Value> = p
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
             if !p.spec.mesh {
                 labels.insert("istio.io/dataplane-mode".into(), "none".into());
             }
@@ -67,7 +72,10 @@ impl Cluster {
                 },
             }));
         }
-        let body: Vec<String> = docs.iter().map(serde_yaml::to_string).collect::<Result<_, _>>()?;
+        let body: Vec<String> = docs
+            .iter()
+            .map(serde_yaml::to_string)
+            .collect::<Result<_, _>>()?;
         let tmp = self.dir.join("cluster.yaml.tmp");
         std::fs::write(&tmp, body.join("---\n"))?;
         std::fs::rename(&tmp, dir.join("cluster.yaml"))?;
@@ -78,9 +86,26 @@ impl Cluster {
     pub fn start_control(&mut self) -> Result<()> {
         let first = self.control.is_none() && !self.dir.join("control.yaml").exists();
         if first {
-            sh("ip", &["-n", &self.underlay, "addr", "add", &format!("{CONTROL_IP}/24"), "dev", "br0"])?;
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    &self.underlay,
+                    "addr",
+                    "add",
+                    &format!("{CONTROL_IP}/24"),
+                    "dev",
+                    "br0",
+                ],
+            )?;
             let tokens: String = (0..self.nodes.len())
-                .map(|i| format!("- {{node: node{}, tokenFile: {}}}\n", i + 1, self.token_file(i).display()))
+                .map(|i| {
+                    format!(
+                        "- {{node: node{}, tokenFile: {}}}\n",
+                        i + 1,
+                        self.token_file(i + 1).display()
+                    )
+                })
                 .collect();
             let cfg = format!(
                 "configDir: {}\ncaDir: {}\npollInterval: 200ms\ndebounce: 50ms\nnodeTokens:\n{tokens}",
@@ -95,7 +120,10 @@ impl Cluster {
             .arg(bin("control")?)
             .arg("--config")
             .arg(self.dir.join("control.yaml"))
-            .env("RUST_LOG", std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -103,7 +131,9 @@ impl Cluster {
         self.control = Some(child);
         let ns = self.underlay.clone();
         poll("control plane to be ready", Duration::from_secs(20), || {
-            http_get(&ns, &format!("{CONTROL_IP}:15014"), "/ready").ok().filter(|(s, _)| *s == 200)
+            http_get(&ns, &format!("{CONTROL_IP}:15014"), "/ready")
+                .ok()
+                .filter(|(s, _)| *s == 200)
         })
         .with_context(|| format!("control log: {}", self.control_log()))?;
         Ok(())
@@ -123,6 +153,10 @@ impl Cluster {
 
     /// GET on the control plane's monitoring port.
     pub fn control_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(&self.underlay, &SocketAddr::from(([198, 19, 0, 254], 15014)).to_string(), path)
+        http_get(
+            &self.underlay,
+            &SocketAddr::from(([198, 19, 0, 254], 15014)).to_string(),
+            path,
+        )
     }
 }

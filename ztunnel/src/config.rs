@@ -107,7 +107,10 @@ impl Config {
             );
         }
         if self.dev_ca_dir.is_none() && self.control_plane.is_none() {
-            return invalid("devCaDir", "set it (env DEV_CA_DIR) or controlPlane: certificates come from one of them");
+            return invalid(
+                "devCaDir",
+                "set it (env DEV_CA_DIR) or controlPlane: certificates come from one of them",
+            );
         }
         if self.pool.max_streams_per_connection == 0 {
             return invalid("pool.maxStreamsPerConnection", "must be at least 1");

@@ -20,13 +20,16 @@ pub enum CertError {
     #[error("issuing a certificate for {identity}: {source}")]
     Issue { identity: String, source: CaError },
     #[error("fetching a certificate for {identity} from the control plane: {source}")]
-    Fetch { identity: String, source: ControlError },
+    Fetch {
+        identity: String,
+        source: ControlError,
+    },
     #[error("building TLS config for {identity}: {source}")]
     Tls { identity: String, source: TlsError },
 }
 
 pub enum Issuer {
-    Dev(CertificateAuthority),
+    Dev(Box<CertificateAuthority>),
     ControlPlane {
         cp: ControlPlane,
         channel: tonic::transport::Channel,
@@ -74,12 +77,21 @@ impl CertManager {
         let cache = self.cache.lock().expect("cert cache lock");
         cache
             .get(id)
-            .filter(|e| if fresh_only { now < e.renew_at } else { now < e.cert.not_after() })
+            .filter(|e| {
+                if fresh_only {
+                    now < e.renew_at
+                } else {
+                    now < e.cert.not_after()
+                }
+            })
             .cloned()
     }
 
     /// The certificate for `id` and a server config presenting it.
-    pub async fn fetch(&self, id: &Identity) -> Result<(WorkloadCert, Arc<ServerConfig>), CertError> {
+    pub async fn fetch(
+        &self,
+        id: &Identity,
+    ) -> Result<(WorkloadCert, Arc<ServerConfig>), CertError> {
         if let Some(e) = self.cached(id, true) {
             return Ok((e.cert, e.server));
         }
@@ -89,13 +101,19 @@ impl CertManager {
         }
         match self.issue(id).await {
             Ok(entry) => {
-                self.cache.lock().expect("cert cache lock").insert(id.clone(), entry.clone());
+                self.cache
+                    .lock()
+                    .expect("cert cache lock")
+                    .insert(id.clone(), entry.clone());
                 Ok((entry.cert, entry.server))
             }
             Err(e) => {
                 // Renewal failed: keep serving with the old certificate while it is valid, retry with backoff.
                 let mut cache = self.cache.lock().expect("cert cache lock");
-                if let Some(old) = cache.get_mut(id).filter(|o| SystemTime::now() < o.cert.not_after()) {
+                if let Some(old) = cache
+                    .get_mut(id)
+                    .filter(|o| SystemTime::now() < o.cert.not_after())
+                {
                     old.failures += 1;
                     old.renew_at = SystemTime::now() + backoff(old.failures);
                     tracing::warn!(identity = %id, error = %e, failures = old.failures, "certificate renewal failed; keeping the current one");
@@ -140,7 +158,11 @@ impl CertManager {
         let now = SystemTime::now();
         let due: Vec<Identity> = {
             let cache = self.cache.lock().expect("cert cache lock");
-            cache.iter().filter(|(_, e)| now >= e.renew_at).map(|(id, _)| id.clone()).collect()
+            cache
+                .iter()
+                .filter(|(_, e)| now >= e.renew_at)
+                .map(|(id, _)| id.clone())
+                .collect()
         };
         for id in due {
             if let Err(e) = self.fetch(&id).await {

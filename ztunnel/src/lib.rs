@@ -51,7 +51,10 @@ fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
         },
     );
     mesh_proto::envoy::config::core::v3::Node {
-        id: format!("ztunnel~0.0.0.0~{}.istio-system~istio-system.svc.cluster.local", cfg.node_name),
+        id: format!(
+            "ztunnel~0.0.0.0~{}.istio-system~istio-system.svc.cluster.local",
+            cfg.node_name
+        ),
         metadata: Some(prost_types::Struct { fields }),
         ..Default::default()
     }
@@ -76,12 +79,18 @@ impl Ztunnel {
                 cp: cp.clone(),
                 channel: cp.channel()?,
             },
-            (None, Some(dir)) => identity::Issuer::Dev(CertificateAuthority::load_or_create(dir, &cfg.trust_domain)?),
+            (None, Some(dir)) => identity::Issuer::Dev(Box::new(
+                CertificateAuthority::load_or_create(dir, &cfg.trust_domain)?,
+            )),
             (None, None) => unreachable!("validated: devCaDir or controlPlane is set"),
         };
         if let Some(file) = cfg.local_state_file.clone() {
             store.store(state::read_file(&file)?);
-            tokio::spawn(state::watch_file(file, store.clone(), cfg.state_poll_interval));
+            tokio::spawn(state::watch_file(
+                file,
+                store.clone(),
+                cfg.state_poll_interval,
+            ));
         } else if let Some(cp) = cfg.control_plane.clone() {
             tokio::spawn(mesh_core::control::run_xds(
                 cp,

@@ -95,7 +95,9 @@ pub struct Service {
 
 impl Service {
     pub fn key(&self) -> Option<String> {
-        self.hostname.as_ref().map(|h| format!("{}/{h}", self.namespace))
+        self.hostname
+            .as_ref()
+            .map(|h| format!("{}/{h}", self.namespace))
     }
 
     fn selects(&self, w: &Workload) -> bool {
@@ -104,7 +106,10 @@ impl Service {
         }
         w.namespace == self.namespace
             && !self.selector.is_empty()
-            && self.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
     }
 }
 

@@ -8,7 +8,10 @@ use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use mesh_proto::istio::workload::{address, Address};
 use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
-use crate::state::{LocalState, Service, ServicePort, Snapshot, StateStore, TunnelProtocol, Workload, WorkloadStatus};
+use crate::state::{
+    LocalState, Service, ServicePort, Snapshot, StateStore, TunnelProtocol, Workload,
+    WorkloadStatus,
+};
 
 pub struct WorkloadHandler {
     store: StateStore,
@@ -35,7 +38,11 @@ impl XdsHandler for WorkloadHandler {
 
     fn versions(&self, type_url: &str) -> HashMap<String, String> {
         match type_url {
-            ADDRESS_TYPE_URL => self.addresses.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
+            ADDRESS_TYPE_URL => self
+                .addresses
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect(),
             _ => self.authorizations.clone(),
         }
     }
@@ -43,7 +50,8 @@ impl XdsHandler for WorkloadHandler {
     fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
         if resp.type_url == AUTHORIZATION_TYPE_URL {
             for r in &resp.resources {
-                self.authorizations.insert(r.name.clone(), r.version.clone());
+                self.authorizations
+                    .insert(r.name.clone(), r.version.clone());
             }
             for n in &resp.removed_resources {
                 self.authorizations.remove(n);
@@ -58,13 +66,22 @@ impl XdsHandler for WorkloadHandler {
             next.remove(name);
         }
         for r in &resp.resources {
-            let any = r.resource.as_ref().ok_or_else(|| format!("resource {}: empty", r.name))?;
-            let addr: Address = any.to_msg().map_err(|e| format!("resource {}: {e}", r.name))?;
+            let any = r
+                .resource
+                .as_ref()
+                .ok_or_else(|| format!("resource {}: empty", r.name))?;
+            let addr: Address = any
+                .to_msg()
+                .map_err(|e| format!("resource {}: {e}", r.name))?;
             next.insert(r.name.clone(), (r.version.clone(), addr));
         }
         let local = to_local_state(next.values().map(|(_, a)| a))?;
         let snap = Snapshot::build(local).map_err(|e| e.to_string())?;
-        tracing::info!(workloads = snap.source.workloads.len(), services = snap.source.services.len(), "state from xDS applied");
+        tracing::info!(
+            workloads = snap.source.workloads.len(),
+            services = snap.source.services.len(),
+            "state from xDS applied"
+        );
         self.store.store(snap);
         self.addresses = next;
         Ok(())
@@ -73,20 +90,29 @@ impl XdsHandler for WorkloadHandler {
 
 fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
     match bytes.len() {
-        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).expect("length checked"))),
-        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).expect("length checked"))),
+        4 => Ok(IpAddr::from(
+            <[u8; 4]>::try_from(bytes).expect("length checked"),
+        )),
+        16 => Ok(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).expect("length checked"),
+        )),
         n => Err(format!("{what}: address of {n} bytes")),
     }
 }
 
 /// Istio's workload API as the state's shape.
-pub fn to_local_state<'a>(addresses: impl Iterator<Item = &'a Address>) -> Result<LocalState, String> {
+pub fn to_local_state<'a>(
+    addresses: impl Iterator<Item = &'a Address>,
+) -> Result<LocalState, String> {
     let mut out = LocalState::default();
     for a in addresses {
         match &a.r#type {
             Some(address::Type::Workload(w)) => {
                 let what = format!("Workload {}/{}", w.namespace, w.name);
-                let first = w.addresses.first().ok_or_else(|| format!("{what}: no address"))?;
+                let first = w
+                    .addresses
+                    .first()
+                    .ok_or_else(|| format!("{what}: no address"))?;
                 let mut labels = BTreeMap::new();
                 if !w.canonical_name.is_empty() {
                     labels.insert("app".to_string(), w.canonical_name.clone());
@@ -112,12 +138,24 @@ pub fn to_local_state<'a>(addresses: impl Iterator<Item = &'a Address>) -> Resul
                 out.workloads.push(Workload {
                     name: w.name.clone(),
                     namespace: w.namespace.clone(),
-                    service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account.clone() },
+                    service_account: if w.service_account.is_empty() {
+                        "default".into()
+                    } else {
+                        w.service_account.clone()
+                    },
                     ip: ip(first, &what)?,
                     node: w.node.clone(),
                     labels,
-                    protocol: if w.tunnel_protocol == 1 { TunnelProtocol::Hbone } else { TunnelProtocol::None },
-                    status: if w.status == 1 { WorkloadStatus::Unhealthy } else { WorkloadStatus::Healthy },
+                    protocol: if w.tunnel_protocol == 1 {
+                        TunnelProtocol::Hbone
+                    } else {
+                        TunnelProtocol::None
+                    },
+                    status: if w.status == 1 {
+                        WorkloadStatus::Unhealthy
+                    } else {
+                        WorkloadStatus::Healthy
+                    },
                     services,
                 });
             }

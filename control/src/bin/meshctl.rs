@@ -40,10 +40,16 @@ fn analyze(dir: &std::path::Path) -> ExitCode {
     for d in &diagnostics {
         println!("{d}");
     }
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let warnings = diagnostics.len() - errors;
     if diagnostics.is_empty() {
-        println!("✔ No validation issues found when analyzing {}", dir.display());
+        println!(
+            "✔ No validation issues found when analyzing {}",
+            dir.display()
+        );
     } else {
         println!("{errors} error(s), {warnings} warning(s)");
     }

@@ -1,0 +1,227 @@
+//! ztunnels fed by the control plane (file mode): certificates from its CA, workloads over delta xDS.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_core::control::ControlPlane;
+use mesh_core::identity::Identity;
+use mesh_core::netns::NetNs;
+use mesh_tests::net::{contains, exchange};
+use mesh_tests::{poll, require_netns, Cluster, Mode, PodSpec};
+
+const MARKER: &[u8] = b"MARKER-control-plane-9d1e";
+
+fn cluster() -> Cluster {
+    Cluster::start_with(
+        2,
+        vec![
+            PodSpec::mesh("client", 0),
+            PodSpec::mesh("server", 1),
+            PodSpec::plain("outside", 1),
+        ],
+        Mode::ControlPlane,
+    )
+    .expect("cluster with control plane starts")
+}
+
+fn metric(text: &str, name: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn ztunnels_get_certificates_and_workloads_from_the_control_plane() {
+    require_netns!();
+    let c = cluster();
+    let server = c.pod("server").ip;
+    let client_ns = c.pod("client").netns.clone();
+    let cap = c.capture().unwrap();
+    let echoed = poll("traffic over the mesh", Duration::from_secs(20), || {
+        exchange(&client_ns, SocketAddr::new(server, 8080), MARKER)
+            .ok()
+            .filter(|o| o == MARKER)
+    })
+    .unwrap();
+    assert_eq!(echoed, MARKER);
+    assert!(
+        !contains(&cap.finish().unwrap(), MARKER),
+        "traffic must be tunnelled"
+    );
+
+    let dump = c.config_dump(0).unwrap();
+    assert!(
+        dump["config"]["devCaDir"].is_null() && dump["config"]["localStateFile"].is_null(),
+        "{dump}"
+    );
+    let certs: Vec<&str> = dump["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["identity"].as_str())
+        .collect();
+    assert!(
+        certs.contains(&"spiffe://cluster.local/ns/default/sa/client"),
+        "{certs:?}"
+    );
+    let workloads = dump["state"]["workloads"].as_array().unwrap();
+    assert_eq!(
+        workloads.len(),
+        3,
+        "all pods arrive over xDS (the non-mesh one with protocol NONE): {dump}"
+    );
+
+    let (_, m) = c.control_get("/metrics").unwrap();
+    assert!(
+        metric(&m, "citadel_server_csr_total", &["outcome=\"issued\""]) >= 2.0,
+        "{m}"
+    );
+    assert!(metric(&m, "pilot_xds_pushes_total", &[]) >= 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "pilot_xds ", &[]),
+        2.0,
+        "two ztunnels connected: {m}"
+    );
+}
+
+#[test]
+fn a_config_change_reaches_the_ztunnels_and_changes_traffic() {
+    require_netns!();
+    let mut c = cluster();
+    let client_ns = c.pod("client").netns.clone();
+    let vip: SocketAddr = "198.18.255.20:80".parse().unwrap();
+    // No such service yet: the VIP goes nowhere.
+    assert!(exchange(&client_ns, vip, b"")
+        .map(|o| o.is_empty())
+        .unwrap_or(true));
+    c.add_service("echo", "198.18.255.20", 80, 8081, "server")
+        .unwrap();
+    let out = poll("the new service", Duration::from_secs(20), || {
+        exchange(&client_ns, vip, b"")
+            .ok()
+            .filter(|o| !o.is_empty())
+    })
+    .unwrap();
+    let seen: SocketAddr = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    assert_eq!(seen.ip(), c.pod("server").ip);
+    let (_, m) = c.control_get("/metrics").unwrap();
+    assert!(
+        metric(&m, "pilot_proxy_convergence_time_count", &[]) >= 2.0,
+        "convergence observed: {m}"
+    );
+}
+
+#[test]
+fn traffic_survives_a_control_plane_outage_and_proxies_resync() {
+    require_netns!();
+    let mut c = cluster();
+    let (client_ns, server) = (c.pod("client").netns.clone(), c.pod("server").ip);
+    let dst = SocketAddr::new(server, 8080);
+    poll("traffic", Duration::from_secs(20), || {
+        exchange(&client_ns, dst, b"up").ok().filter(|o| o == b"up")
+    })
+    .unwrap();
+    c.kill_control().unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            exchange(&client_ns, dst, b"still").unwrap(),
+            b"still",
+            "last config keeps serving"
+        );
+    }
+    // A change made while the control plane is down arrives once it is back.
+    c.add_service("late", "198.18.255.21", 80, 8080, "server")
+        .unwrap();
+    c.start_control().unwrap();
+    let vip: SocketAddr = "198.18.255.21:80".parse().unwrap();
+    let out = poll("resync after restart", Duration::from_secs(30), || {
+        exchange(&client_ns, vip, b"resynced")
+            .ok()
+            .filter(|o| o == b"resynced")
+    })
+    .unwrap();
+    assert_eq!(out, b"resynced");
+}
+
+#[test]
+fn a_ztunnel_cannot_obtain_a_foreign_nodes_pod_identity() {
+    require_netns!();
+    let c = cluster();
+    let cp = ControlPlane {
+        address: "https://198.19.0.254:15012".into(),
+        root_cert: c.ca_dir().join("root-cert.pem"),
+        tls_name: "istiod.istio-system.svc".into(),
+        token_file: c.token_file(1),
+    };
+    let node1 = NetNs::named(&c.nodes[0].netns).unwrap();
+    // Everything on a current-thread runtime inside node 1's namespace, where its ztunnel would call from.
+    let (own, foreign, bad_token) = node1
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let ch = cp.channel().unwrap();
+                let ttl = Duration::from_secs(3600);
+                let own = cp
+                    .fetch_certificate(
+                        ch.clone(),
+                        &Identity::new("cluster.local", "default", "client"),
+                        ttl,
+                    )
+                    .await;
+                let foreign = cp
+                    .fetch_certificate(
+                        ch.clone(),
+                        &Identity::new("cluster.local", "default", "server"),
+                        ttl,
+                    )
+                    .await;
+                std::fs::write(c.dir.join("bogus-token"), "not-a-token").unwrap();
+                let bogus = ControlPlane {
+                    token_file: c.dir.join("bogus-token"),
+                    ..cp.clone()
+                };
+                let bad = bogus
+                    .fetch_certificate(
+                        ch,
+                        &Identity::new("cluster.local", "default", "client"),
+                        ttl,
+                    )
+                    .await;
+                (own, foreign, bad)
+            })
+        })
+        .unwrap();
+    let own = own.expect("node1's ztunnel may obtain its own pod's identity");
+    assert_eq!(
+        own.identity().to_string(),
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    let err = foreign
+        .expect_err("a foreign node's pod identity must be refused")
+        .to_string();
+    assert!(
+        err.contains("no pod with that identity is scheduled on node1"),
+        "{err}"
+    );
+    let err = bad_token
+        .expect_err("an unknown token must be refused")
+        .to_string();
+    assert!(err.contains("unknown bootstrap token"), "{err}");
+    let (_, m) = c.control_get("/metrics").unwrap();
+    assert!(
+        metric(&m, "citadel_server_csr_total", &["outcome=\"denied\""]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "citadel_server_csr_total",
+            &["outcome=\"unauthenticated\""]
+        ) >= 1.0,
+        "{m}"
+    );
+}
