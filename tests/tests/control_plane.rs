@@ -225,3 +225,49 @@ fn a_ztunnel_cannot_obtain_a_foreign_nodes_pod_identity() {
         "{m}"
     );
 }
+
+#[test]
+fn an_invalid_object_is_rejected_and_its_last_good_version_keeps_serving() {
+    require_netns!();
+    let c = cluster();
+    let client_ns = c.pod("client").netns.clone();
+    let svc = |name: &str, vip: &str, port: u32| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {vip}, selector: {{app: server}}, ports: [{{port: {port}, targetPort: 8081}}]}}\n"
+        )
+    };
+    let works = |vip: &str| {
+        let addr: SocketAddr = format!("{vip}:80").parse().unwrap();
+        poll(&format!("{vip} to serve"), Duration::from_secs(20), || {
+            exchange(&client_ns, addr, b"")
+                .ok()
+                .filter(|o| !o.is_empty())
+        })
+    };
+    std::fs::write(
+        c.config_dir().join("extra.yaml"),
+        svc("extra", "198.18.255.30", 80),
+    )
+    .unwrap();
+    works("198.18.255.30").unwrap();
+    // Break `extra` (port out of range) and add `extra2` in the same change.
+    std::fs::write(
+        c.config_dir().join("extra.yaml"),
+        svc("extra", "198.18.255.30", 70000),
+    )
+    .unwrap();
+    std::fs::write(
+        c.config_dir().join("extra2.yaml"),
+        svc("extra2", "198.18.255.31", 80),
+    )
+    .unwrap();
+    works("198.18.255.31").expect("the rest of the config is applied");
+    works("198.18.255.30").expect("the last good version of the invalid object keeps serving");
+    let (_, diag) = c.control_get("/debug/analyze").unwrap();
+    assert!(
+        diag.contains("error: Service default/extra: spec.ports[0].port"),
+        "{diag}"
+    );
+    let (_, m) = c.control_get("/metrics").unwrap();
+    assert_eq!(metric(&m, "mesh_config_rejected_objects", &[]), 1.0, "{m}");
+}
