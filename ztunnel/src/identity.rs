@@ -192,3 +192,75 @@ impl CertManager {
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(500 * 2u64.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(ttl: Duration) -> CertManager {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        CertManager::new(Issuer::Dev(Box::new(ca)), ttl)
+    }
+
+    fn serial(c: &WorkloadCert) -> Vec<u8> {
+        c.chain()[0].as_ref().to_vec()
+    }
+
+    #[tokio::test]
+    async fn cached_until_half_life_then_renewed() {
+        let m = dev(Duration::from_secs(2));
+        let id = Identity::new("cluster.local", "ns", "sa");
+        let (a, _) = m.fetch(&id).await.unwrap();
+        let (b, _) = m.fetch(&id).await.unwrap();
+        assert_eq!(serial(&a), serial(&b), "served from cache before half-life");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        m.renew_due().await;
+        let (c, _) = m.fetch(&id).await.unwrap();
+        assert_ne!(serial(&a), serial(&c), "renewed after half-life");
+        assert_eq!(m.dump()[0].renewal_failures, 0);
+    }
+
+    #[tokio::test]
+    async fn failed_renewal_keeps_the_old_certificate() {
+        let id = Identity::new("cluster.local", "ns", "sa");
+        // A control plane that is not there: every fetch fails.
+        let cp = ControlPlane {
+            address: "https://127.0.0.1:9".into(),
+            root_cert: "/nonexistent/root.pem".into(),
+            tls_name: "istiod.istio-system.svc".into(),
+            token_file: "/nonexistent/token".into(),
+        };
+        let channel = tonic::transport::Endpoint::from_static("https://127.0.0.1:9").connect_lazy();
+        let m = CertManager::new(
+            Issuer::ControlPlane { cp, channel },
+            Duration::from_secs(3600),
+        );
+        assert!(
+            m.fetch(&id).await.is_err(),
+            "nothing cached and no CA: an error"
+        );
+        // Seed a certificate that is past its renewal time but still valid.
+        let old = CertificateAuthority::generate("cluster.local")
+            .unwrap()
+            .issue(&id, Duration::from_secs(3600))
+            .unwrap();
+        let server = old.server_config().unwrap();
+        m.cache.lock().unwrap().insert(
+            id.clone(),
+            Entry {
+                cert: old.clone(),
+                server,
+                renew_at: SystemTime::now(),
+                failures: 0,
+            },
+        );
+        let (kept, _) = m
+            .fetch(&id)
+            .await
+            .expect("the old certificate keeps serving");
+        assert_eq!(serial(&kept), serial(&old));
+        let info = &m.dump()[0];
+        assert_eq!(info.renewal_failures, 1);
+        assert!(info.renew_in_secs <= 1, "retried soon with backoff");
+    }
+}

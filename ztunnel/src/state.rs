@@ -137,6 +137,8 @@ pub struct Snapshot {
     pub source: LocalState,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_vip: HashMap<IpAddr, (Arc<Service>, Vec<Arc<Workload>>)>,
+    /// The service each workload is reported under (telemetry, baggage), computed here, not per connection.
+    service_of: HashMap<IpAddr, Arc<Service>>,
     rr: AtomicUsize,
 }
 
@@ -176,7 +178,15 @@ impl Snapshot {
                 ));
             }
         }
+        // xDS names each workload's services: index them once instead of testing every pair.
+        let mut by_key: HashMap<&str, Vec<Arc<Workload>>> = HashMap::new();
+        for w in by_ip.values() {
+            for k in w.services.keys() {
+                by_key.entry(k.as_str()).or_default().push(w.clone());
+            }
+        }
         let mut by_vip = HashMap::new();
+        let mut service_of: HashMap<IpAddr, Arc<Service>> = HashMap::new();
         for s in &source.services {
             if s.ports.is_empty() {
                 return Err(StateError::Invalid {
@@ -187,18 +197,31 @@ impl Snapshot {
                     reason: "a service needs at least one port".into(),
                 });
             }
-            let mut endpoints: Vec<Arc<Workload>> = by_ip
-                .values()
-                .filter(|w| w.status == WorkloadStatus::Healthy && s.selects(w))
-                .cloned()
+            let candidates: Vec<Arc<Workload>> = match s.key() {
+                Some(k) if s.selector.is_empty() => {
+                    by_key.get(k.as_str()).cloned().unwrap_or_default()
+                }
+                _ => by_ip.values().filter(|w| s.selects(w)).cloned().collect(),
+            };
+            let svc = Arc::new(s.clone());
+            for w in &candidates {
+                let slot = service_of.entry(w.ip).or_insert_with(|| svc.clone());
+                if svc.name < slot.name {
+                    *slot = svc.clone();
+                }
+            }
+            let mut endpoints: Vec<Arc<Workload>> = candidates
+                .into_iter()
+                .filter(|w| w.status == WorkloadStatus::Healthy)
                 .collect();
             endpoints.sort_by_key(|w| w.ip);
-            by_vip.insert(s.vip, (Arc::new(s.clone()), endpoints));
+            by_vip.insert(s.vip, (svc, endpoints));
         }
         Ok(Self {
             source,
             by_ip,
             by_vip,
+            service_of,
             rr: AtomicUsize::new(0),
         })
     }
@@ -238,11 +261,7 @@ impl Snapshot {
 
     /// The service a workload belongs to (first by name), for telemetry.
     pub fn service_of(&self, w: &Workload) -> Option<Arc<Service>> {
-        self.by_vip
-            .values()
-            .filter(|(_, eps)| eps.iter().any(|e| e.ip == w.ip))
-            .map(|(s, _)| s.clone())
-            .min_by(|a, b| a.name.cmp(&b.name))
+        self.service_of.get(&w.ip).cloned()
     }
 }
 

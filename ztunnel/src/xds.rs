@@ -186,3 +186,83 @@ pub fn to_local_state<'a>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::envoy::service::discovery::v3::Resource as XdsResource;
+    use mesh_proto::istio::workload::Workload as PbWorkload;
+
+    fn res(name: &str, ip: [u8; 4]) -> XdsResource {
+        let a = Address {
+            r#type: Some(address::Type::Workload(PbWorkload {
+                uid: name.into(),
+                name: name.into(),
+                namespace: "ns".into(),
+                addresses: vec![ip.to_vec()],
+                node: "n1".into(),
+                tunnel_protocol: 1,
+                ..Default::default()
+            })),
+        };
+        XdsResource {
+            name: name.into(),
+            version: format!("{ip:?}"),
+            resource: Some(prost_types::Any::from_msg(&a).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    fn resp(resources: Vec<XdsResource>, removed: Vec<&str>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resources,
+            removed_resources: removed.into_iter().map(String::from).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn applies_updates_and_removals_and_nacks_invalid_sets_atomically() {
+        let store = StateStore::default();
+        let mut h = WorkloadHandler::new(store.clone());
+        h.apply(&resp(
+            vec![res("a", [198, 18, 1, 2]), res("b", [198, 18, 1, 3])],
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(store.load().source.workloads.len(), 2);
+        // A duplicate IP makes the whole response invalid: NACK, nothing of it applied.
+        let err = h
+            .apply(&resp(
+                vec![res("c", [198, 18, 1, 2]), res("d", [198, 18, 1, 9])],
+                vec![],
+            ))
+            .unwrap_err();
+        assert!(err.contains("field ip"), "{err}");
+        assert_eq!(store.load().source.workloads.len(), 2);
+        assert_eq!(
+            h.versions(ADDRESS_TYPE_URL).len(),
+            2,
+            "versions reported on reconnect are the accepted ones"
+        );
+        h.apply(&resp(vec![], vec!["a"])).unwrap();
+        let names: Vec<String> = store
+            .load()
+            .source
+            .workloads
+            .iter()
+            .map(|w| w.name.clone())
+            .collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn undecodable_resource_is_rejected_with_its_name() {
+        let mut h = WorkloadHandler::new(StateStore::default());
+        let mut bad = res("x", [198, 18, 1, 2]);
+        bad.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+        let err = h.apply(&resp(vec![bad], vec![])).unwrap_err();
+        assert!(err.contains("resource x"), "{err}");
+    }
+}
