@@ -86,7 +86,7 @@ pub struct CsrLabels {
 
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
-    auth: Box<dyn Authenticator>,
+    auth: Arc<dyn Authenticator>,
     nodes: Arc<ArcSwap<NodeIdentities>>,
     default_ttl: Duration,
     max_ttl: Duration,
@@ -96,7 +96,7 @@ pub struct CaService {
 impl CaService {
     pub fn new(
         ca: Arc<CertificateAuthority>,
-        auth: Box<dyn Authenticator>,
+        auth: Arc<dyn Authenticator>,
         nodes: Arc<ArcSwap<NodeIdentities>>,
         default_ttl: Duration,
         registry: &mut Registry,

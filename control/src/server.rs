@@ -112,11 +112,11 @@ pub async fn run(
     let (cert_pem, key_pem) = ca.issue_serving(&id, CONTROL_DNS, cfg.certificate_ttl)?;
 
     let mut registry = Registry::default();
-    let auth = Arc::new(authenticator(&cfg)?);
+    let auth: Arc<dyn crate::ca::Authenticator> = Arc::new(authenticator(&cfg)?);
     let nodes = Arc::new(ArcSwap::from_pointee(NodeIdentities::default()));
     let ca_service = CaService::new(
         ca.clone(),
-        Box::new(authenticator(&cfg)?),
+        auth.clone(),
         nodes.clone(),
         cfg.certificate_ttl,
         &mut registry,
