@@ -33,6 +33,9 @@ pub struct Config {
     pub ca_dir: PathBuf,
     /// A user-supplied CA (root or intermediate) instead of the generated root.
     pub plugin_ca: Option<PluginCa>,
+    /// Extra roots to trust (PEM files): during a root rotation, the other root, so workloads certified under
+    /// either keep talking to each other until the old root is retired.
+    pub trusted_roots: Vec<PathBuf>,
     /// gRPC over TLS: CA and xDS (env `GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
     /// `/metrics`, `/ready`, `/debug/config_dump`, `/debug/analyze` (env `MONITORING_ADDR`).
@@ -55,6 +58,7 @@ impl Default for Config {
             config_dir: PathBuf::from("/etc/mesh/config"),
             ca_dir: PathBuf::from("/var/lib/mesh/ca"),
             plugin_ca: None,
+            trusted_roots: Vec::new(),
             grpc_addr: "0.0.0.0:15012".parse().expect("static address"),
             monitoring_addr: "0.0.0.0:15014".parse().expect("static address"),
             certificate_ttl: Duration::from_secs(24 * 3600),

@@ -65,17 +65,19 @@ fn read(path: &Path) -> Result<String, StartError> {
 }
 
 fn load_ca(cfg: &Config) -> Result<CertificateAuthority, StartError> {
-    match &cfg.plugin_ca {
-        Some(p) => Ok(CertificateAuthority::from_pem(
+    let mut ca = match &cfg.plugin_ca {
+        Some(p) => CertificateAuthority::from_pem(
             &cfg.trust_domain,
             &read(&p.cert_chain)?,
             &read(&p.key)?,
-        )?),
-        None => Ok(CertificateAuthority::load_or_create(
-            &cfg.ca_dir,
-            &cfg.trust_domain,
-        )?),
+        )?,
+        None => CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?,
+    };
+    for path in &cfg.trusted_roots {
+        let added = ca.add_trusted_roots(&read(path)?);
+        tracing::info!(file = %path.display(), added, "extra trusted roots loaded");
     }
+    Ok(ca)
 }
 
 fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
@@ -102,7 +104,7 @@ pub async fn run(
         source,
     })?;
     let root_file = cfg.ca_dir.join("root-cert.pem");
-    if read(&root_file).ok().as_deref() != Some(ca.root_pem()) {
+    if read(&root_file).ok() != Some(ca.root_pem()) {
         std::fs::write(&root_file, ca.root_pem()).map_err(|source| StartError::Read {
             path: root_file.display().to_string(),
             source,

@@ -40,8 +40,8 @@ pub struct CertificateAuthority {
     key_pem: String,
 }
 
-const CERT_FILE: &str = "root-cert.pem";
-const KEY_FILE: &str = "root-key.pem";
+const CERT_FILE: &str = "ca-cert.pem";
+const KEY_FILE: &str = "ca-key.pem";
 
 impl CertificateAuthority {
     /// A new self-signed root for `trust_domain`.
@@ -125,15 +125,26 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
-    /// The trust anchors a peer of this CA's workloads needs.
+    /// The trust anchors a peer of this CA's workloads needs: this CA's root, then any extra trusted roots.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
     }
 
-    pub fn root_pem(&self) -> &str {
-        self.chain_pem
-            .last()
-            .expect("a CA always has a certificate")
+    /// Also trusts the roots in `pem`: during a root rotation, workloads must accept peers certified under the
+    /// old root and under the new one, so both CAs hand out both roots until the old one is retired.
+    pub fn add_trusted_roots(&mut self, pem: &str) -> usize {
+        let before = self.roots.len();
+        for root in crate::tls::parse_pem_certs(pem) {
+            if !self.roots.contains(&root) {
+                self.roots.push(root);
+            }
+        }
+        self.roots.len() - before
+    }
+
+    /// Every trusted root in PEM (the bundle clients bootstrap from and receive as the chain's last element).
+    pub fn root_pem(&self) -> String {
+        self.roots.iter().map(der_to_pem).collect()
     }
 
     /// Issues a certificate and a fresh key for `identity` (development CA: the key never leaves this process).
@@ -195,8 +206,10 @@ impl CertificateAuthority {
         let mut params = leaf_params(identity, ttl)?;
         params.subject_alt_names = vec![wanted];
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        // Leaf, intermediates, and last the whole trust bundle (as Istio's CA does with several roots).
         let mut out = vec![cert.pem()];
-        out.extend(self.chain_pem.iter().cloned());
+        out.extend(self.chain_pem[..self.chain_pem.len() - 1].iter().cloned());
+        out.push(self.root_pem());
         Ok(out)
     }
 
@@ -262,6 +275,23 @@ mod tests {
         let b = CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
         assert_eq!(a.roots(), b.roots());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn csr_chain_ends_with_the_trust_bundle() {
+        let old = CertificateAuthority::generate("td").unwrap();
+        let mut new = CertificateAuthority::generate("td").unwrap();
+        assert_eq!(new.add_trusted_roots(&old.root_pem()), 1);
+        let id = Identity::new("td", "ns", "sa");
+        let (csr, _key) = new_csr(&id).unwrap();
+        let chain = new.sign_csr(&csr, &id, Duration::from_secs(60)).unwrap();
+        assert_eq!(chain.len(), 2);
+        let bundle = crate::tls::parse_pem_certs(&chain[1]);
+        assert_eq!(bundle, [new.roots()[0].clone(), old.roots()[0].clone()]);
+        assert_eq!(
+            crate::tls::identity_of(&crate::tls::parse_pem_certs(&chain[0])[0]).unwrap(),
+            id
+        );
     }
 
     #[test]

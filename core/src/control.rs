@@ -135,17 +135,18 @@ impl ControlPlane {
             .create_certificate(req)
             .await?
             .into_inner();
-        let chain: Vec<_> = resp
-            .cert_chain
-            .iter()
-            .flat_map(|p| parse_pem_certs(p))
-            .collect();
         let bad = |reason: &str| ControlError::Chain {
             identity: identity.to_string(),
             reason: reason.into(),
         };
-        if chain.len() < 2 {
-            return Err(bad("expected leaf ... root"));
+        // Leaf and intermediates first; the last element is the trust bundle (one or more roots).
+        let Some((bundle, presented)) = resp.cert_chain.split_last() else {
+            return Err(bad("empty chain"));
+        };
+        let chain: Vec<_> = presented.iter().flat_map(|p| parse_pem_certs(p)).collect();
+        let roots = parse_pem_certs(bundle);
+        if chain.is_empty() || roots.is_empty() {
+            return Err(bad("expected leaf, intermediates, then the root bundle"));
         }
         let got = crate::tls::identity_of(&chain[0]).map_err(|e| bad(&e.to_string()))?;
         if &got != identity {
@@ -155,16 +156,11 @@ impl ControlPlane {
             .map_err(|e| bad(&e.to_string()))?;
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
-        let root = chain
-            .last()
-            .expect("chain has at least two certificates")
-            .clone();
-        let presented = chain[..chain.len() - 1].to_vec();
         Ok(WorkloadCert::new(
             identity.clone(),
-            presented,
+            chain,
             key,
-            vec![root],
+            roots,
             not_after,
         ))
     }
