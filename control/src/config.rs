@@ -22,9 +22,31 @@ pub struct PluginCa {
     pub key: PathBuf,
 }
 
+/// Where objects come from: a watched directory (the embedded default) or the Kubernetes API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSource {
+    #[default]
+    Files,
+    Kubernetes,
+}
+
+impl std::str::FromStr for ConfigSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "files" => Ok(Self::Files),
+            "kubernetes" => Ok(Self::Kubernetes),
+            other => Err(format!("{other:?} is not files or kubernetes")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Config {
+    /// `files` (watch `configDir`) or `kubernetes` (watch the API server) (env `CONFIG_SOURCE`).
+    pub config_source: ConfigSource,
     /// SPIFFE trust domain (env `TRUST_DOMAIN`).
     pub trust_domain: String,
     /// The watched directory of Kubernetes-style YAML (env `CONFIG_DIR`).
@@ -54,6 +76,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            config_source: ConfigSource::Files,
             trust_domain: "cluster.local".into(),
             config_dir: PathBuf::from("/etc/mesh/config"),
             ca_dir: PathBuf::from("/var/lib/mesh/ca"),
@@ -75,6 +98,7 @@ impl Config {
             Some(p) => load_yaml(p)?,
             None => Config::default(),
         };
+        env_override("CONFIG_SOURCE", &mut cfg.config_source)?;
         env_override("TRUST_DOMAIN", &mut cfg.trust_domain)?;
         env_override("CONFIG_DIR", &mut cfg.config_dir)?;
         env_override("CA_DIR", &mut cfg.ca_dir)?;
@@ -94,7 +118,7 @@ impl Config {
         if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
             return invalid("trustDomain", "must be a non-empty name without '/'".into());
         }
-        if !self.config_dir.is_dir() {
+        if self.config_source == ConfigSource::Files && !self.config_dir.is_dir() {
             return invalid(
                 "configDir",
                 format!("{} is not a directory", self.config_dir.display()),

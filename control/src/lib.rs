@@ -4,10 +4,12 @@
 //!   (an invalid object keeps its last good version); `model::analyze` adds `istioctl analyze`-style checks.
 //! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel).
 //! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
+//! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model.
 //! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
 
 pub mod ca;
 pub mod config;
+pub mod kube;
 pub mod model;
 pub mod server;
 pub mod translate;

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::ca::{CaService, Caller, NodeIdentities, TokenAuthenticator};
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::model::{self, ConfigSet, Diagnostic};
 use crate::xds::{AdsService, Snapshot, XdsMetrics};
 
@@ -132,13 +132,18 @@ pub async fn run(
         rejected.clone(),
     );
     let status = Arc::new(ArcSwap::from_pointee(Status::default()));
-    tokio::spawn(watch_config(
-        cfg.clone(),
-        snap_tx,
+    let publisher = Publisher {
+        trust_domain: cfg.trust_domain.clone(),
+        snapshots: snap_tx,
         nodes,
-        status.clone(),
+        status: status.clone(),
         rejected,
-    ));
+        version: 0,
+    };
+    match cfg.config_source {
+        ConfigSource::Files => tokio::spawn(watch_dir(cfg.clone(), publisher)),
+        ConfigSource::Kubernetes => tokio::spawn(watch_kube(publisher)),
+    };
 
     let registry = Arc::new(registry);
     let monitoring = tokio::net::TcpListener::bind(cfg.monitoring_addr)
@@ -209,16 +214,46 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-async fn watch_config(
-    cfg: Config,
-    snapshots: watch::Sender<Arc<Snapshot>>,
-    nodes: Arc<ArcSwap<NodeIdentities>>,
-    status: Arc<ArcSwap<Status>>,
-    rejected: Gauge<i64>,
-) {
+/// Turns each new config into an xDS snapshot, the CA's node identities and the debug status.
+pub struct Publisher {
+    pub trust_domain: String,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub nodes: Arc<ArcSwap<NodeIdentities>>,
+    pub status: Arc<ArcSwap<Status>>,
+    pub rejected: Gauge<i64>,
+    pub version: u64,
+}
+
+impl Publisher {
+    pub fn publish(&mut self, set: &ConfigSet, diagnostics: &[Diagnostic], observed: Instant) {
+        log_diagnostics(diagnostics);
+        self.rejected
+            .set(diagnostics.iter().filter(|d| d.is_error()).count() as i64);
+        let out = crate::translate::translate(set, &self.trust_domain);
+        self.version += 1;
+        tracing::info!(
+            version = self.version,
+            resources = out.resource_count(),
+            "config pushed"
+        );
+        self.nodes.store(Arc::new(out.nodes));
+        self.snapshots.send_replace(Arc::new(Snapshot {
+            version: self.version,
+            observed,
+            resources: out.resources,
+        }));
+        self.status.store(Arc::new(Status {
+            version: self.version,
+            config: set.clone(),
+            diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+        }));
+    }
+}
+
+/// File mode: polls the directory, debounces, reloads (keeping last good objects), publishes.
+async fn watch_dir(cfg: Config, mut publisher: Publisher) {
     let mut previous: Option<ConfigSet> = None;
     let mut seen = None;
-    let mut version = 0;
     loop {
         let now = fingerprint(&cfg.config_dir);
         if seen.as_ref() != Some(&now) {
@@ -230,30 +265,28 @@ async fn watch_config(
             }
             seen = Some(now);
             let (set, diagnostics) = model::load_dir(&cfg.config_dir, previous.as_ref());
-            log_diagnostics(&diagnostics);
-            rejected.set(
-                diagnostics
-                    .iter()
-                    .filter(|d| d.severity == model::Severity::Error)
-                    .count() as i64,
-            );
-            let out = crate::translate::translate(&set, &cfg.trust_domain);
-            version += 1;
-            tracing::info!(version, resources = out.resource_count(), "config pushed");
-            nodes.store(Arc::new(out.nodes));
-            snapshots.send_replace(Arc::new(Snapshot {
-                version,
-                observed,
-                resources: out.resources,
-            }));
-            status.store(Arc::new(Status {
-                version,
-                config: set.clone(),
-                diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
-            }));
+            publisher.publish(&set, &diagnostics, observed);
             previous = Some(set);
         }
         tokio::time::sleep(cfg.poll_interval).await;
+    }
+}
+
+/// Kubernetes mode: watchers build the config; each new one is published.
+async fn watch_kube(mut publisher: Publisher) {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client (in-cluster or kubeconfig); serving no config");
+            return;
+        }
+    };
+    let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
+    tokio::spawn(crate::kube::run(client, tx));
+    while rx.changed().await.is_ok() {
+        let observed = Instant::now();
+        let (set, diagnostics) = rx.borrow_and_update().clone();
+        publisher.publish(&set, &diagnostics, observed);
     }
 }
 
