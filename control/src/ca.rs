@@ -29,8 +29,9 @@ pub struct Caller {
     pub node: Option<String>,
 }
 
+#[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
 }
 
 /// File mode: bearer tokens from the control plane's config, each bound to a caller.
@@ -56,8 +57,9 @@ pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("authorization header is not `Bearer <token>`"))
 }
 
+#[tonic::async_trait]
 impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let token = bearer(metadata)?;
         self.tokens
             .get(token)
@@ -166,7 +168,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = match self.auth.authenticate(request.metadata()) {
+        let caller = match self.auth.authenticate(request.metadata()).await {
             Ok(c) => c,
             Err(e) => {
                 self.count(Outcome::unauthenticated);

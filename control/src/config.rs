@@ -71,6 +71,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Per-node bootstrap credentials (file mode authentication of ztunnels).
     pub node_tokens: Vec<NodeToken>,
+    /// Kubernetes mode: `namespace/serviceaccount` of node proxies, which may impersonate their node's pods.
+    pub node_proxy_service_accounts: Vec<String>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             node_tokens: Vec::new(),
+            node_proxy_service_accounts: vec!["istio-system/ztunnel".into()],
         }
     }
 }

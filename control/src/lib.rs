@@ -12,5 +12,6 @@ pub mod config;
 pub mod kube;
 pub mod model;
 pub mod server;
+pub mod token_review;
 pub mod translate;
 pub mod xds;

@@ -36,6 +36,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("Kubernetes client (in-cluster service account or kubeconfig): {0}")]
+    Kube(kube::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -114,7 +116,22 @@ pub async fn run(
     let (cert_pem, key_pem) = ca.issue_serving(&id, CONTROL_DNS, cfg.certificate_ttl)?;
 
     let mut registry = Registry::default();
-    let auth: Arc<dyn crate::ca::Authenticator> = Arc::new(authenticator(&cfg)?);
+    let kube_client = match cfg.config_source {
+        ConfigSource::Kubernetes => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(StartError::Kube)?,
+        ),
+        ConfigSource::Files => None,
+    };
+    let auth: Arc<dyn crate::ca::Authenticator> = match &kube_client {
+        Some(c) => Arc::new(crate::token_review::TokenReviewAuthenticator::new(
+            c.clone(),
+            &cfg.trust_domain,
+            cfg.node_proxy_service_accounts.clone(),
+        )),
+        None => Arc::new(authenticator(&cfg)?),
+    };
     let nodes = Arc::new(ArcSwap::from_pointee(NodeIdentities::default()));
     let ca_service = CaService::new(
         ca.clone(),
@@ -140,9 +157,9 @@ pub async fn run(
         rejected,
         version: 0,
     };
-    match cfg.config_source {
-        ConfigSource::Files => tokio::spawn(watch_dir(cfg.clone(), publisher)),
-        ConfigSource::Kubernetes => tokio::spawn(watch_kube(publisher)),
+    match kube_client {
+        Some(client) => tokio::spawn(watch_kube(client, publisher)),
+        None => tokio::spawn(watch_dir(cfg.clone(), publisher)),
     };
 
     let registry = Arc::new(registry);
@@ -273,14 +290,7 @@ async fn watch_dir(cfg: Config, mut publisher: Publisher) {
 }
 
 /// Kubernetes mode: watchers build the config; each new one is published.
-async fn watch_kube(mut publisher: Publisher) {
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no Kubernetes client (in-cluster or kubeconfig); serving no config");
-            return;
-        }
-    };
+async fn watch_kube(client: kube::Client, mut publisher: Publisher) {
     let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
     tokio::spawn(crate::kube::run(client, tx));
     while rx.changed().await.is_ok() {

@@ -161,7 +161,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
+        let caller = self.auth.authenticate(request.metadata()).await?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let conn = Conn {

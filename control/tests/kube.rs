@@ -126,3 +126,67 @@ async fn watchers_feed_the_model_with_validation_and_events() {
         "both pods are ambient workloads on their nodes"
     );
 }
+
+/// The API server's TokenReview: two known tokens (a ztunnel bound to node1, an app), anything else rejected.
+async fn token_reviewer(mut handle: Handle) {
+    while let Some((req, send)) = handle.next_request().await {
+        assert_eq!(
+            req.uri().path(),
+            "/apis/authentication.k8s.io/v1/tokenreviews"
+        );
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review["spec"]["audiences"][0], "istio-ca");
+        let status = match review["spec"]["token"].as_str().unwrap() {
+            "ztunnel-token" => serde_json::json!({"authenticated": true, "user": {
+                "username": "system:serviceaccount:istio-system:ztunnel",
+                "extra": {"authentication.kubernetes.io/node-name": ["node1"]}}}),
+            "app-token" => {
+                serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:prod:web"}})
+            }
+            _ => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let out = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": review["spec"], "status": status});
+        send.send_response(Response::new(Full::new(Bytes::from(out.to_string()))));
+    }
+}
+
+#[tokio::test]
+async fn token_review_identifies_node_proxies_and_workloads() {
+    use mesh_control::ca::Authenticator;
+    let (service, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+    tokio::spawn(token_reviewer(handle));
+    let auth = mesh_control::token_review::TokenReviewAuthenticator::new(
+        kube::Client::new(service, "default"),
+        "cluster.local",
+        vec!["istio-system/ztunnel".into()],
+    );
+    let md = |token: &str| {
+        let mut m = tonic::metadata::MetadataMap::new();
+        m.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        m
+    };
+    let z = auth.authenticate(&md("ztunnel-token")).await.unwrap();
+    assert_eq!(
+        z.identity.to_string(),
+        "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+    );
+    assert_eq!(z.node.as_deref(), Some("node1"));
+    let app = auth.authenticate(&md("app-token")).await.unwrap();
+    assert_eq!(
+        app.identity.to_string(),
+        "spiffe://cluster.local/ns/prod/sa/web"
+    );
+    assert_eq!(app.node, None, "a workload is not a node proxy");
+    let err = auth.authenticate(&md("stolen")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("invalid bearer token"),
+        "{}",
+        err.message()
+    );
+}
