@@ -476,7 +476,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a service (ClusterIP `vip`) selecting pods by `app` label.
+    /// Adds a service (ClusterIP `vip`) selecting pods by `app` label, and waits until every running ztunnel
+    /// has it (each polls its source on its own schedule; tests must not race them).
     pub fn add_service(
         &mut self,
         name: &str,
@@ -490,7 +491,25 @@ impl Cluster {
             "ports": [{"port": port, "targetPort": target}],
             "selector": {"app": app},
         }));
-        self.write_state()
+        self.write_state()?;
+        if self.mode == Mode::ControlPlane && self.control.is_none() {
+            return Ok(());
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].ztunnel.is_none() {
+                continue;
+            }
+            poll(
+                &format!("node{} to see service {name}", i + 1),
+                Duration::from_secs(20),
+                || {
+                    let dump = self.config_dump(i).ok()?;
+                    let services = dump["state"]["services"].as_array()?;
+                    services.iter().any(|s| s["name"] == name).then_some(())
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes the mesh state (workloads of mesh pods, services) that every ztunnel watches.

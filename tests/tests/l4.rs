@@ -145,6 +145,20 @@ fn service_vip_is_balanced_over_endpoints() {
         .into_iter()
         .collect();
     assert_eq!(seen, expected, "round robin should reach both endpoints");
+    let m = c.metrics(1).unwrap();
+    let to_service = metric_value(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            "destination_service=\"echo.default.svc.cluster.local\"",
+        ],
+    );
+    assert!(
+        to_service >= 1.0,
+        "destination telemetry names the service:\n{m}\n{}",
+        c.config_dump(1).unwrap()["state"]
+    );
 }
 
 #[test]

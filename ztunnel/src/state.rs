@@ -426,6 +426,18 @@ services:
     }
 
     #[test]
+    fn service_of_is_known_for_endpoints_only() {
+        let s = Snapshot::build(sample()).unwrap();
+        let b = s.workload(&"198.18.2.2".parse().unwrap()).unwrap().clone();
+        assert_eq!(
+            s.service_of(&b).map(|x| x.name.clone()).as_deref(),
+            Some("echo")
+        );
+        let c = s.workload(&"198.18.2.3".parse().unwrap()).unwrap().clone();
+        assert!(s.service_of(&c).is_none(), "other namespace");
+    }
+
+    #[test]
     fn workload_identity() {
         let s = Snapshot::build(sample()).unwrap();
         let w = s.workload(&"198.18.2.2".parse().unwrap()).unwrap();

@@ -1,5 +1,6 @@
-//! `mesh-local`: the mesh on this machine. Two nodes (network namespaces) with a ztunnel each, mesh pods
-//! `sleep`, `echo-v1`, `echo-v2` behind the service `echo` (198.18.255.10:80), and a non-mesh pod `legacy`.
+//! `mesh-local`: the mesh on this machine. The control plane in file mode (watching a directory of Kubernetes
+//! YAML), two nodes (network namespaces) with a ztunnel each fed by it, mesh pods `sleep`, `echo-v1`, `echo-v2`
+//! behind the service `echo` (198.18.255.10:80), and a non-mesh pod `legacy`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mesh_tests::net::{exchange, whoami};
-use mesh_tests::{poll, Cluster, PodSpec};
+use mesh_tests::{poll, Cluster, Mode, PodSpec};
 
 #[derive(Parser)]
 struct Args {
@@ -33,9 +34,9 @@ fn main() -> Result<()> {
     }
     mesh_core::socket::raise_fd_limit();
     println!(
-        "starting a 2-node mesh (network namespaces, real CNI bridge plugin, ztunnel per node)..."
+        "starting the control plane and a 2-node mesh (network namespaces, CNI bridge plugin, a ztunnel per node)..."
     );
-    let mut c = Cluster::start(
+    let mut c = Cluster::start_with(
         2,
         vec![
             pod("sleep", 0, "sleep", "v1"),
@@ -43,6 +44,7 @@ fn main() -> Result<()> {
             pod("echo-v2", 1, "echo", "v2"),
             PodSpec::plain("legacy", 1),
         ],
+        Mode::ControlPlane,
     )?;
     c.add_service("echo", "198.18.255.10", 80, 8081, "echo")?;
     let vip: SocketAddr = "198.18.255.10:80".parse()?;
@@ -106,7 +108,20 @@ fn main() -> Result<()> {
         println!("\nok: the mesh carried the demo traffic");
         return Ok(());
     }
-    println!("\nThe mesh is running. Try, in another shell:");
+    println!(
+        "\nThe mesh is running. Its config is Kubernetes YAML in {0}: edit it and the",
+        c.config_dir().display()
+    );
+    println!(
+        "control plane pushes the change; `meshctl analyze {0}` checks it offline.",
+        c.config_dir().display()
+    );
+    println!("Try, in another shell:");
+    println!(
+        "  sudo ip netns exec {} curl -s {}:15014/debug/config_dump",
+        c.underlay,
+        mesh_tests::control::CONTROL_IP
+    );
     println!(
         "  sudo ip netns exec {} nc {} 8080",
         sleep,
