@@ -13,11 +13,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    mesh_core::process::init_tracing();
     let args = Args::parse();
     let cfg = mesh_control::config::Config::load(args.config.as_deref())
         .context("invalid control plane config")?;
@@ -26,18 +22,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        mesh_control::server::run(cfg, shutdown).await?;
+        mesh_control::server::run(cfg, mesh_core::process::shutdown_signal()).await?;
         Ok(())
     })
 }

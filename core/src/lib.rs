@@ -19,6 +19,7 @@ pub mod hbone;
 pub mod identity;
 pub mod metrics;
 pub mod netns;
+pub mod process;
 pub mod socket;
 pub mod tls;
 

@@ -13,11 +13,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    mesh_core::process::init_tracing();
     let args = Args::parse();
     mesh_core::socket::raise_fd_limit();
     let cfg =
@@ -28,11 +24,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         let zt = ztunnel::Ztunnel::start(cfg).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        mesh_core::process::shutdown_signal().await;
         zt.shutdown().await;
         Ok(())
     })
