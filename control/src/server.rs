@@ -262,7 +262,12 @@ impl Publisher {
         self.status.store(Arc::new(Status {
             version: self.version,
             config: set.clone(),
-            diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+            // Load-time rejections, then the cross-object checks `meshctl analyze` runs.
+            diagnostics: diagnostics
+                .iter()
+                .chain(model::analyze(set).iter())
+                .map(ToString::to_string)
+                .collect(),
         }));
     }
 }

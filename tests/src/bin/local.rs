@@ -42,11 +42,15 @@ fn main() -> Result<()> {
             pod("sleep", 0, "sleep", "v1"),
             pod("echo-v1", 0, "echo", "v1"),
             pod("echo-v2", 1, "echo", "v2"),
+            pod("order-v1", 0, "order-service", "v1"),
+            pod("order-v2", 1, "order-service", "v2"),
             PodSpec::plain("legacy", 1),
         ],
         Mode::ControlPlane,
     )?;
     c.add_service("echo", "198.18.255.10", 80, 8081, "echo")?;
+    c.add_service("order-service", "198.18.255.11", 80, 8081, "order-service")?;
+    seed_manifests(&c)?;
     let vip: SocketAddr = "198.18.255.10:80".parse()?;
     let sleep = c.pod("sleep").netns.clone();
     poll("the echo service", Duration::from_secs(10), || {
@@ -96,6 +100,29 @@ fn main() -> Result<()> {
         String::from_utf8_lossy(&reply)
     );
 
+    poll(
+        "the control plane to load the seed",
+        Duration::from_secs(10),
+        || {
+            let (_, dump) = c.control_get("/debug/config_dump").ok()?;
+            (dump.contains("\"TrafficSplit\"") && dump.contains("order-service-canary"))
+                .then_some(())
+        },
+    )?;
+    let (_, analysis) = c.control_get("/debug/analyze")?;
+    let errors = analysis.lines().filter(|l| l.starts_with("error")).count();
+    let warnings = analysis
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .count();
+    println!(
+        "\ncontrol plane: the seed's VirtualService, DestinationRule, PeerAuthentication and TrafficSplit loaded unchanged ({errors} errors, {warnings} warnings)"
+    );
+    anyhow::ensure!(
+        errors == 0,
+        "the control plane rejected part of the demo config:\n{analysis}"
+    );
+
     let metrics = c.metrics(1)?;
     println!("\nnode2 ztunnel metrics (istio_tcp_connections_opened_total):");
     for l in metrics
@@ -143,6 +170,28 @@ fn main() -> Result<()> {
     ctrlc_channel(tx)?;
     rx.recv().context("waiting for Ctrl-C")?;
     println!("tearing down");
+    Ok(())
+}
+
+/// The user's own manifests (the seed), unchanged, plus the two Services its TrafficSplit names.
+fn seed_manifests(c: &Cluster) -> Result<()> {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/seed");
+    for entry in std::fs::read_dir(&seed).with_context(|| format!("reading {}", seed.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().context("seed file name")?;
+        std::fs::copy(&path, c.config_dir().join(name))?;
+    }
+    let svc = |name: &str, vip: &str, version: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {vip}, selector: {{app: order-service, version: {version}}}, ports: [{{port: 80, targetPort: 8081}}]}}\n"
+        )
+    };
+    let body = [
+        svc("order-service-stable", "198.18.255.12", "v1"),
+        svc("order-service-canary", "198.18.255.13", "v2"),
+    ]
+    .join("---\n");
+    std::fs::write(c.config_dir().join("order-backends.yaml"), body)?;
     Ok(())
 }
 
