@@ -641,13 +641,17 @@ impl Cluster {
     /// Starts a packet capture of everything node 1 sends to or receives from the other nodes (its underlay port).
     pub fn capture(&self) -> Result<net::Capture> {
         let port = format!("{}n1", self.prefix);
-        net::Capture::start(
-            &self.underlay,
-            &port,
-            &self
-                .dir
-                .join(format!("cap-{}.pcap", NEXT.fetch_add(1, Ordering::Relaxed))),
-        )
+        let file = self
+            .dir
+            .join(format!("cap-{}.pcap", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let cap = net::Capture::start(&self.underlay, &port, &file)?;
+        // Node 1 to node 2's discard port: nothing listens, the SYN and RST cross the captured link.
+        Ok(match self.nodes.get(1) {
+            Some(_) => {
+                cap.with_sentinel(&self.nodes[0].netns, SocketAddr::from(([198, 19, 0, 2], 9)))
+            }
+            None => cap,
+        })
     }
 }
 

@@ -45,6 +45,9 @@ pub fn whoami(netns: &str, ip: std::net::IpAddr) -> Result<SocketAddr> {
 pub struct Capture {
     child: Child,
     file: PathBuf,
+    /// A connection attempt (from a namespace, to an address) whose packets cross the captured link: once they
+    /// are in the file, everything sent before them is too, so stopping cannot lose packets.
+    sentinel: Option<(String, SocketAddr)>,
 }
 
 impl Capture {
@@ -84,11 +87,26 @@ impl Capture {
         Ok(Self {
             child,
             file: file.to_path_buf(),
+            sentinel: None,
         })
     }
 
-    /// Stops the capture and returns the raw pcap bytes.
+    /// Makes `finish` wait until a connection attempt from `netns` to `addr` has been captured.
+    pub fn with_sentinel(mut self, netns: &str, addr: SocketAddr) -> Self {
+        self.sentinel = Some((netns.to_string(), addr));
+        self
+    }
+
+    /// Stops the capture (after its sentinel reached the file) and returns the raw pcap bytes.
     pub fn finish(mut self) -> Result<Vec<u8>> {
+        if let Some((ns, addr)) = self.sentinel.take() {
+            let filter = format!("tcp port {}", addr.port());
+            crate::poll("the capture to catch up", Duration::from_secs(10), || {
+                // A closed port answers at once with RST; each attempt adds packets to look for.
+                let _ = connect_in(&ns, addr, Duration::from_millis(200));
+                (count_packets(&self.file, &filter).ok()? > 0).then_some(())
+            })?;
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
