@@ -12,10 +12,8 @@ use mesh_proto::istio::workload::{
 use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 use crate::ca::NodeIdentities;
-use crate::model::{ConfigSet, Pod};
+use crate::model::{labels_match, ConfigSet, Pod, Service as K8sService, LABEL_DATAPLANE_MODE};
 use crate::xds::Resource;
-
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 
 /// The outcome of one translation.
 #[derive(Default)]
@@ -58,9 +56,7 @@ fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
     let mut out = Vec::new();
     for p in set.pods() {
         // A pod without an IP is not running yet: nothing can reach it.
-        let Some(ip) = p.ips().first().copied() else {
-            continue;
-        };
+        let Some(ip) = p.ip() else { continue };
         out.push(Endpoint {
             uid: format!(
                 "Kubernetes//Pod/{}/{}",
@@ -69,21 +65,15 @@ fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
             name: &p.metadata.name,
             namespace: &p.metadata.namespace,
             ip,
-            node: p.spec.node_name.clone().unwrap_or_default(),
+            node: p.node_name().to_string(),
             service_account: p.service_account().to_string(),
             labels: &p.metadata.labels,
             pod: Some(p),
         });
     }
     for w in set.workload_entries() {
-        let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
-            continue;
-        };
-        let labels = if w.spec.labels.is_empty() {
-            &w.metadata.labels
-        } else {
-            &w.spec.labels
-        };
+        // DNS-named entries are not resolved by this mesh.
+        let Some(ip) = w.ip() else { continue };
         out.push(Endpoint {
             uid: format!(
                 "Kubernetes/networking.istio.io/WorkloadEntry/{}/{}",
@@ -94,57 +84,65 @@ fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
             ip,
             node: w.node().unwrap_or_default().to_string(),
             service_account: w.service_account().to_string(),
-            labels,
+            labels: w.labels(),
             pod: None,
         });
     }
     out
 }
 
-/// Ambient when the pod says so, else when its namespace does; `none` on the pod opts it out.
+/// Ambient when the pod says so, else when its namespace does; any other value on the pod opts it out.
 fn in_ambient(set: &ConfigSet, e: &Endpoint<'_>) -> bool {
-    match e.labels.get(DATAPLANE_MODE).map(String::as_str) {
-        Some("ambient") => true,
-        Some(_) => false,
-        None => set
-            .namespace(e.namespace)
-            .and_then(|ns| ns.metadata.labels.get(DATAPLANE_MODE))
-            .is_some_and(|m| m == "ambient"),
+    match e.labels.get(LABEL_DATAPLANE_MODE) {
+        Some(mode) => mode == "ambient",
+        None => set.namespace(e.namespace).is_some_and(|ns| ns.is_ambient()),
     }
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// A Service's ports with each target resolved on `pod` (a named targetPort only a pod can resolve; 0 = unknown).
+fn ports(s: &K8sService, pod: Option<&Pod>) -> Vec<Port> {
+    s.spec
+        .ports
+        .iter()
+        .map(|p| Port {
+            service_port: p.port,
+            target_port: p.target_port_on(pod).unwrap_or(0),
+        })
+        .collect()
 }
 
 pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
     let mut addresses = BTreeMap::new();
     let mut nodes: BTreeMap<String, BTreeSet<Identity>> = BTreeMap::new();
-    let services: Vec<_> = set.services().collect();
+    // Selection happens per namespace: index Services by it once.
+    let mut by_ns: BTreeMap<&str, Vec<&K8sService>> = BTreeMap::new();
+    for s in set.services() {
+        by_ns
+            .entry(s.metadata.namespace.as_str())
+            .or_default()
+            .push(s);
+    }
     for e in endpoints(set) {
-        let mut backs = std::collections::HashMap::new();
-        for s in services
-            .iter()
-            .filter(|s| s.metadata.namespace == e.namespace && selects(&s.spec.selector, e.labels))
-        {
-            let ports = s
-                .spec
-                .ports
-                .iter()
-                .map(|p| Port {
-                    service_port: p.port,
-                    target_port: p.target_port_on(e.pod).unwrap_or(0),
-                })
-                .collect();
-            backs.insert(
-                format!(
+        let backs = by_ns
+            .get(e.namespace)
+            .into_iter()
+            .flatten()
+            // An empty selector selects nothing (its endpoints are managed by hand in Kubernetes).
+            .filter(|s| !s.spec.selector.is_empty() && labels_match(&s.spec.selector, e.labels))
+            .map(|s| {
+                let key = format!(
                     "{}/{}",
                     s.metadata.namespace,
                     hostname(&s.metadata.name, &s.metadata.namespace)
-                ),
-                PortList { ports },
-            );
-        }
+                );
+                (
+                    key,
+                    PortList {
+                        ports: ports(s, e.pod),
+                    },
+                )
+            })
+            .collect();
         let ambient = in_ambient(set, &e);
         if ambient && !e.node.is_empty() {
             nodes
@@ -182,8 +180,8 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
         };
         addresses.insert(e.uid, Resource::new(&addr));
     }
-    for s in services {
-        let Some(vip) = s.cluster_ips().first().copied() else {
+    for s in set.services() {
+        let Some(vip) = s.cluster_ip() else {
             continue;
         };
         let host = hostname(&s.metadata.name, &s.metadata.namespace);
@@ -196,15 +194,7 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
                 address: octets(&vip),
             }],
             // Numeric target ports here; named ones resolve per workload (in its `services` map).
-            ports: s
-                .spec
-                .ports
-                .iter()
-                .map(|p| Port {
-                    service_port: p.port,
-                    target_port: p.target_port_on(None).unwrap_or(0),
-                })
-                .collect(),
+            ports: ports(s, None),
             ..Default::default()
         };
         let addr = Address {

@@ -5,6 +5,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::tls::{IdentityRejected, IdentityRejection};
+
 /// Renders a registry in the Prometheus text format (OpenMetrics, as prometheus-client writes it).
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
@@ -37,16 +39,32 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// From the error a TLS handshake returned: rustls' own error, carried inside the `io::Error`.
     pub fn classify(err: &std::io::Error) -> Self {
-        match crate::tls::handshake_failure_reason(err) {
-            "foreign_trust_domain" => Self::foreign_trust_domain,
-            "identity_mismatch" => Self::identity_mismatch,
-            "untrusted_issuer" => Self::untrusted_issuer,
-            "peer_rejected" => Self::peer_rejected,
-            "expired" => Self::expired,
-            "no_client_certificate" => Self::no_client_certificate,
-            "not_tls" => Self::not_tls,
-            "eof" => Self::eof,
+        use rustls::{CertificateError as C, Error as E};
+        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+            return match err.kind() {
+                std::io::ErrorKind::UnexpectedEof => Self::eof,
+                std::io::ErrorKind::TimedOut => Self::timeout,
+                _ => Self::other,
+            };
+        };
+        match tls {
+            // Not signed by a mesh root: an unknown issuer, or one posing under a root's name.
+            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => Self::untrusted_issuer,
+            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => Self::expired,
+            E::InvalidCertificate(C::Other(o)) => {
+                match o.0.downcast_ref::<IdentityRejected>().map(|r| r.kind) {
+                    Some(IdentityRejection::ForeignTrustDomain) => Self::foreign_trust_domain,
+                    Some(_) => Self::identity_mismatch,
+                    None => Self::other,
+                }
+            }
+            E::NoCertificatesPresented => Self::no_client_certificate,
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. } => Self::not_tls,
+            E::AlertReceived(_) => Self::peer_rejected,
             _ => Self::other,
         }
     }

@@ -7,8 +7,19 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::sched::{setns, CloneFlags};
+
+/// The namespace threads live in outside [`NetNs::run`], opened once: `run` is on the per-connection path.
+fn home() -> io::Result<&'static File> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(f) = HOME.get() {
+        return Ok(f);
+    }
+    let f = File::open("/proc/thread-self/ns/net")?;
+    Ok(HOME.get_or_init(|| f))
+}
 
 /// An open handle on a network namespace (holding it keeps the namespace alive).
 #[derive(Debug)]
@@ -33,9 +44,9 @@ impl NetNs {
         &self.path
     }
 
-    /// Runs `f` on this thread inside the namespace, then switches back.
+    /// Runs `f` on this thread inside the namespace, then switches back to the process's own namespace.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
-        let back = File::open("/proc/thread-self/ns/net")?;
+        let back = home()?;
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let out = f();
         // Failing to return would leave this worker thread in the pod's namespace: nothing safe remains to do.

@@ -167,20 +167,38 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
         .and_then(|c| identity_of(c).ok())
 }
 
-fn bad_cert(reason: impl Into<String>) -> RustlsError {
-    RustlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        IdentityMismatch(reason.into()),
-    ))))
+/// Why a certificate that chains to a mesh root was still refused (kept typed so metrics need not parse text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityRejection {
+    /// No SPIFFE URI SAN.
+    NoIdentity,
+    /// A client from another trust domain.
+    ForeignTrustDomain,
+    /// A server that is not the identity expected for the destination.
+    Unexpected,
 }
 
 #[derive(Debug)]
-struct IdentityMismatch(String);
-impl fmt::Display for IdentityMismatch {
+pub struct IdentityRejected {
+    pub kind: IdentityRejection,
+    message: String,
+}
+
+impl fmt::Display for IdentityRejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
-impl std::error::Error for IdentityMismatch {}
+impl std::error::Error for IdentityRejected {}
+
+fn bad_cert(kind: IdentityRejection, message: impl Into<String>) -> RustlsError {
+    RustlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        IdentityRejected {
+            kind,
+            message: message.into(),
+        },
+    ))))
+}
 
 #[derive(Debug)]
 struct IdentityServerVerifier {
@@ -206,12 +224,14 @@ impl ServerCertVerifier for IdentityServerVerifier {
             now,
             self.algs.all,
         )?;
-        let id = identity_of(end_entity).map_err(|e| bad_cert(e.to_string()))?;
+        let id = identity_of(end_entity)
+            .map_err(|e| bad_cert(IdentityRejection::NoIdentity, e.to_string()))?;
         if !self.expected.contains(&id) {
             let want: Vec<String> = self.expected.iter().map(Identity::to_string).collect();
-            return Err(bad_cert(format!(
-                "server identity {id} is not one of {want:?}"
-            )));
+            return Err(bad_cert(
+                IdentityRejection::Unexpected,
+                format!("server identity {id} is not one of {want:?}"),
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -258,12 +278,16 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
     ) -> Result<ClientCertVerified, RustlsError> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let id = identity_of(end_entity).map_err(|e| bad_cert(e.to_string()))?;
+        let id = identity_of(end_entity)
+            .map_err(|e| bad_cert(IdentityRejection::NoIdentity, e.to_string()))?;
         if id.trust_domain != self.trust_domain {
-            return Err(bad_cert(format!(
-                "client identity {id} is not in trust domain {}",
-                self.trust_domain
-            )));
+            return Err(bad_cert(
+                IdentityRejection::ForeignTrustDomain,
+                format!(
+                    "client identity {id} is not in trust domain {}",
+                    self.trust_domain
+                ),
+            ));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -288,34 +312,6 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-/// A short, stable reason for a failed handshake, used as a metric label.
-pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
-    let text = err.to_string();
-    if text.contains("not in trust domain") {
-        "foreign_trust_domain"
-    } else if text.contains("is not one of") {
-        "identity_mismatch"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        // Not signed by a mesh root: an unknown issuer, or one posing under a root's name.
-        "untrusted_issuer"
-    } else if text.contains("received fatal alert") {
-        "peer_rejected"
-    } else if text.contains("Expired") || text.contains("expired") {
-        "expired"
-    } else if text.contains("NoCertificatesPresented") || text.contains("no certificate") {
-        "no_client_certificate"
-    } else if text.contains("InvalidContentType")
-        || text.contains("corrupt message")
-        || text.contains("InvalidMessage")
-    {
-        "not_tls"
-    } else if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        "eof"
-    } else {
-        "other"
     }
 }
 
@@ -393,5 +389,60 @@ mod tests {
             .map(drop)
             .expect_err("an unexpected server identity is refused");
         assert!(err.to_string().contains("is not one of"), "{err}");
+    }
+
+    /// The server side's handshake error, classified for the metric.
+    async fn server_failure(
+        client: &WorkloadCert,
+        server: &WorkloadCert,
+    ) -> crate::metrics::HandshakeFailure {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+        let connector = tokio_rustls::TlsConnector::from(
+            client
+                .client_config(vec![server.identity().clone()])
+                .unwrap(),
+        );
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let (srv, _cli) = tokio::join!(acceptor.accept(b), connector.connect(name, a));
+        let err = srv.map(drop).expect_err("the server refuses");
+        crate::metrics::HandshakeFailure::classify(&err)
+    }
+
+    #[tokio::test]
+    async fn handshake_failures_are_classified_from_typed_errors() {
+        use crate::metrics::HandshakeFailure;
+        let ttl = Duration::from_secs(600);
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let server = ca
+            .issue(&Identity::new("cluster.local", "ns", "s"), ttl)
+            .unwrap();
+        let foreign = ca
+            .issue(&Identity::new("evil.local", "ns", "c"), ttl)
+            .unwrap();
+        assert_eq!(
+            server_failure(&foreign, &server).await,
+            HandshakeFailure::foreign_trust_domain
+        );
+        let rogue = CertificateAuthority::generate("cluster.local")
+            .unwrap()
+            .issue(&Identity::new("cluster.local", "ns", "c"), ttl)
+            .unwrap();
+        // The rogue client trusts the real root, so it is the server that refuses its leaf.
+        let rogue = WorkloadCert::new(
+            rogue.identity().clone(),
+            rogue.chain().to_vec(),
+            rogue.key().clone_key(),
+            ca.roots().to_vec(),
+            rogue.not_after(),
+        );
+        assert_eq!(
+            server_failure(&rogue, &server).await,
+            HandshakeFailure::untrusted_issuer
+        );
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+        assert_eq!(HandshakeFailure::classify(&eof), HandshakeFailure::eof);
+        let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out");
+        assert_eq!(HandshakeFailure::classify(&slow), HandshakeFailure::timeout);
     }
 }

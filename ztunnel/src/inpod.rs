@@ -103,16 +103,14 @@ impl Pods {
     }
 
     fn start(&self, rec: &PodRecord) -> Result<Arc<Pod>, EnrollError> {
-        let netns = NetNs::open(&rec.netns).map_err(|source| EnrollError::Netns {
-            uid: rec.uid.clone(),
-            netns: rec.netns.display().to_string(),
-            source,
-        })?;
-        let ns_for_pool = NetNs::open(&rec.netns).map_err(|source| EnrollError::Netns {
-            uid: rec.uid.clone(),
-            netns: rec.netns.display().to_string(),
-            source,
-        })?;
+        let netns = Arc::new(
+            NetNs::open(&rec.netns).map_err(|source| EnrollError::Netns {
+                uid: rec.uid.clone(),
+                netns: rec.netns.display().to_string(),
+                source,
+            })?,
+        );
+        let ns_for_pool = netns.clone();
         let pool = Pool::new(
             self.ctx.cfg.pool.clone(),
             self.ctx.cfg.h2.clone(),

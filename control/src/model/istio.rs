@@ -45,11 +45,6 @@ impl WorkloadEntry {
         self.spec.address.parse().ok()
     }
 
-    /// Same as [`WorkloadEntry::node`].
-    pub fn node_name(&self) -> Option<&str> {
-        self.node()
-    }
-
     /// The labels Services select this entry by (`spec.labels`).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.spec.labels

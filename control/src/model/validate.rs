@@ -189,7 +189,7 @@ pub fn check_port_name(name: &str) -> Result<(), SyntaxError> {
     }
 }
 
-/// Parse `10.0.0.0/8`, `2001:db8::/32` or a bare address (a host route: /32 or /128), as Istio's `ipBlocks` allow.
+/// Parse `198.18.0.0/15`, `2001:db8::/32` or a bare address (a host route: /32 or /128), as Istio's `ipBlocks` allow.
 pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), SyntaxError> {
     let err = || SyntaxError::Cidr(text.to_string());
     let (addr, len) = match text.split_once('/') {
@@ -313,8 +313,8 @@ mod tests {
     #[test]
     fn cidrs_ports_hosts_regexes() {
         assert_eq!(
-            parse_cidr("10.0.0.0/8"),
-            Ok(("10.0.0.0".parse().expect("ip"), 8))
+            parse_cidr("198.18.0.0/15"),
+            Ok(("198.18.0.0".parse().expect("ip"), 15))
         );
         assert_eq!(
             parse_cidr("10.1.2.3"),
@@ -325,10 +325,10 @@ mod tests {
             Ok(("2001:db8::".parse().expect("ip"), 32))
         );
         for bad in [
-            "10.0.0.0/33",
-            "10.0.0/8",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
+            "198.18.0.0/33",
+            "198.18.0/15",
+            "198.18.0.0/",
+            "198.18.0.0/+15",
             "::/129",
             "x",
         ] {

@@ -41,7 +41,7 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub ips: Vec<IpAddr>,
-    pub netns: NetNs,
+    pub netns: Arc<NetNs>,
     pub pool: Pool,
     /// Cancelled when the pod is removed: its listeners close, its connections finish.
     pub stop: CancellationToken,

@@ -7,7 +7,7 @@ fn texts(diags: &[Diagnostic]) -> Vec<String> {
     diags.iter().map(ToString::to_string).collect()
 }
 
-const SHOP: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: order, namespace: shop}\nspec: {clusterIP: 10.96.0.1, selector: {app: order}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: order-1, namespace: shop, labels: {app: order, version: v1}}\nstatus: {podIP: 10.0.0.1}\n---\n";
+const SHOP: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: order, namespace: shop}\nspec: {clusterIP: 198.19.96.1, selector: {app: order}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: order-1, namespace: shop, labels: {app: order, version: v1}}\nstatus: {podIP: 198.18.0.1}\n---\n";
 
 #[test]
 fn resolve_host_forms() {
@@ -38,7 +38,7 @@ fn subset_labels_matching_no_workload() {
         vec!["warning: DestinationRule shop/order: spec.subsets[1].labels: subset \"v2\" selects no Pod or WorkloadEntry of Service order in namespace shop"]
     );
     // A WorkloadEntry with the labels counts as well.
-    let we = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: shop}\nspec: {address: 10.0.0.2, labels: {app: order, version: v2}}\n";
+    let we = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: shop}\nspec: {address: 198.18.0.2, labels: {app: order, version: v2}}\n";
     assert!(analyze(&set_of(&format!("{SHOP}{dr}{we}"))).is_empty());
 }
 

@@ -305,7 +305,7 @@ fn label_syntax_everywhere() {
 
 #[test]
 fn core_kinds_minimal_and_ports() {
-    let objects = valid("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\nspec: {nodeName: node1}\nstatus: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}, {ip: \"fd00::5\"}]}\n");
+    let objects = valid("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\nspec: {nodeName: node1}\nstatus: {podIP: 198.18.0.5, podIPs: [{ip: 198.18.0.5}, {ip: \"fd00::5\"}]}\n");
     let Object::Pod(p) = &objects[0] else {
         panic!("not a Pod")
     };
@@ -319,7 +319,7 @@ fn core_kinds_minimal_and_ports() {
     );
     assert_eq!(p.ips().len(), 2);
 
-    let objects = valid("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: a}\n  ports:\n  - {name: http, port: 80, targetPort: 8080, appProtocol: http}\n  - {name: grpc, port: 9090, targetPort: grpc-port, protocol: TCP}\n");
+    let objects = valid("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec:\n  clusterIP: 198.19.96.10\n  selector: {app: a}\n  ports:\n  - {name: http, port: 80, targetPort: 8080, appProtocol: http}\n  - {name: grpc, port: 9090, targetPort: grpc-port, protocol: TCP}\n");
     let Object::Service(s) = &objects[0] else {
         panic!("not a Service")
     };
@@ -329,7 +329,7 @@ fn core_kinds_minimal_and_ports() {
         Some(IntOrString::String("grpc-port".into()))
     );
     assert_eq!(s.use_waypoint(), Some("wp"));
-    assert_eq!(s.cluster_ip(), Some("10.96.0.10".parse().expect("ip")));
+    assert_eq!(s.cluster_ip(), Some("198.19.96.10".parse().expect("ip")));
 
     let svc = |ports: &str| {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  ports: {ports}\n")
@@ -351,14 +351,14 @@ fn core_kinds_minimal_and_ports() {
         "spec.ports[0].protocol: unknown variant",
     );
     rejected(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.0.0.300}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 198.18.0.300}\n",
         "spec.clusterIP: invalid IP",
     );
     rejected(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec: {address: 10.0.0.9, ports: {http: 0}}\n",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec: {address: 198.18.0.9, ports: {http: 0}}\n",
         "spec.ports.http: must be between 1 and 65535",
     );
-    let objects = valid("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, annotations: {mesh.io/node: node2}}\nspec: {address: 10.0.0.9, labels: {app: a}, serviceAccount: vm-sa}\n");
+    let objects = valid("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, annotations: {mesh.io/node: node2}}\nspec: {address: 198.18.0.9, labels: {app: a}, serviceAccount: vm-sa}\n");
     let Object::WorkloadEntry(w) = &objects[0] else {
         panic!("not a WorkloadEntry")
     };
@@ -367,7 +367,7 @@ fn core_kinds_minimal_and_ports() {
         (
             Some("node2"),
             "vm-sa",
-            Some("10.0.0.9".parse().expect("ip"))
+            Some("198.18.0.9".parse().expect("ip"))
         )
     );
 }
@@ -381,7 +381,7 @@ fn authorization_policy_rules_and_bindings() {
   targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: wp}}]
   rules:
   - from:
-    - source: {{principals: [\"cluster.local/ns/shop/sa/*\"], notNamespaces: [kube-system], ipBlocks: [10.0.0.0/8, 10.1.2.3], notRemoteIpBlocks: [\"2001:db8::/32\"]}}
+    - source: {{principals: [\"cluster.local/ns/shop/sa/*\"], notNamespaces: [kube-system], ipBlocks: [198.18.0.0/8, 10.1.2.3], notRemoteIpBlocks: [\"2001:db8::/32\"]}}
     to:
     - operation: {{ports: [\"8080\", 9090], methods: [GET], paths: [\"/api/*\"], hosts: [shop]}}
     when:
@@ -417,7 +417,7 @@ fn authorization_policy_rules_and_bindings() {
     );
     let rule = |r: &str| format!("{AP_HEAD}  rules:\n  - {r}\n");
     rejected(
-        &rule("from: [{source: {ipBlocks: [10.0.0.0/33]}}]"),
+        &rule("from: [{source: {ipBlocks: [198.18.0.0/33]}}]"),
         "spec.rules[0].from[0].source.ipBlocks[0]: invalid CIDR",
     );
     rejected(
