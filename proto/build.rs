@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/service/discovery/v3/ads.proto",
     "google/rpc/status.proto",
+    "mesh/l7/v1/l7.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config
         .enable_type_names()
-        .type_name_domain(["."], "type.googleapis.com");
+        .type_name_domain(["."], "type.googleapis.com")
+        // Ordered maps encode deterministically, so an unchanged resource keeps its version (a hash of its bytes).
+        .btree_map(["."]);
 
     // google.protobuf.* maps to prost_types by default.
     tonic_prost_build::configure()

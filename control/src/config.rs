@@ -14,6 +14,17 @@ pub struct NodeToken {
     pub token_file: PathBuf,
 }
 
+/// File mode credentials of a workload that talks to the control plane itself, such as a waypoint: it may obtain
+/// a certificate for its own identity only, `spiffe://<trust domain>/ns/<namespace>/sa/<serviceAccount>`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadToken {
+    pub namespace: String,
+    pub service_account: String,
+    /// File holding the workload's bearer token (the same file the workload reads).
+    pub token_file: PathBuf,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginCa {
@@ -71,6 +82,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Per-node bootstrap credentials (file mode authentication of ztunnels).
     pub node_tokens: Vec<NodeToken>,
+    /// Per-workload credentials (file mode authentication of waypoints), each bound to one identity.
+    pub workload_tokens: Vec<WorkloadToken>,
     /// Kubernetes mode: `namespace/serviceaccount` of node proxies, which may impersonate their node's pods.
     pub node_proxy_service_accounts: Vec<String>,
 }
@@ -90,6 +103,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             node_tokens: Vec::new(),
+            workload_tokens: Vec::new(),
             node_proxy_service_accounts: vec!["istio-system/ztunnel".into()],
         }
     }
@@ -133,6 +147,24 @@ impl Config {
         for (i, t) in self.node_tokens.iter().enumerate() {
             if t.node.is_empty() {
                 return invalid(&format!("nodeTokens[{i}].node"), "must name a node".into());
+            }
+        }
+        for (i, t) in self.workload_tokens.iter().enumerate() {
+            let fields = [
+                ("namespace", &t.namespace),
+                ("serviceAccount", &t.service_account),
+            ];
+            for (field, value) in fields {
+                // The two become segments of a SPIFFE ID: Kubernetes names, never empty or with a '/'.
+                if let Err(e) = crate::model::validate::check_subdomain(value) {
+                    return invalid(&format!("workloadTokens[{i}].{field}"), e.to_string());
+                }
+            }
+            if t.token_file.as_os_str().is_empty() {
+                return invalid(
+                    &format!("workloadTokens[{i}].tokenFile"),
+                    "must name a file".into(),
+                );
             }
         }
         Ok(())

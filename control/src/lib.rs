@@ -2,7 +2,8 @@
 //!
 //! - [`model`]: the Kubernetes and mesh objects a user applies, loaded from a directory of YAML and validated
 //!   (an invalid object keeps its last good version); `model::analyze` adds `istioctl analyze`-style checks.
-//! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel).
+//! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel); [`l7`]: routing objects → the
+//!   waypoint's `mesh.l7.v1.L7Service`.
 //! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
 //! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model.
 //! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
@@ -10,6 +11,7 @@
 pub mod ca;
 pub mod config;
 pub mod kube;
+pub mod l7;
 pub mod model;
 pub mod server;
 pub mod token_review;

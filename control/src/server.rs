@@ -31,6 +31,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("token file {path}: {reason}")]
+    Token { path: String, reason: &'static str },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -82,14 +84,39 @@ fn load_ca(cfg: &Config) -> Result<CertificateAuthority, StartError> {
     Ok(ca)
 }
 
-fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
-    let mut tokens = HashMap::new();
-    for t in &cfg.node_tokens {
+/// File mode authentication: each node token authenticates that node's ztunnel (which may impersonate the node's
+/// pods), each workload token one workload identity (which may obtain only itself).
+pub fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
+    let nodes = cfg.node_tokens.iter().map(|t| {
         let caller = Caller {
             identity: Identity::new(&cfg.trust_domain, "istio-system", "ztunnel"),
             node: Some(t.node.clone()),
         };
-        tokens.insert(read(&t.token_file)?.trim().to_string(), caller);
+        (&t.token_file, caller)
+    });
+    let workloads = cfg.workload_tokens.iter().map(|t| {
+        let caller = Caller {
+            identity: Identity::new(&cfg.trust_domain, &t.namespace, &t.service_account),
+            node: None,
+        };
+        (&t.token_file, caller)
+    });
+    let mut tokens = HashMap::new();
+    for (file, caller) in nodes.chain(workloads) {
+        let token = read(file)?.trim().to_string();
+        if token.is_empty() {
+            return Err(StartError::Token {
+                path: file.display().to_string(),
+                reason: "empty",
+            });
+        }
+        // One token for two callers would make either one the other: refuse to start instead.
+        if tokens.insert(token, caller).is_some() {
+            return Err(StartError::Token {
+                path: file.display().to_string(),
+                reason: "the same token as another nodeTokens/workloadTokens entry",
+            });
+        }
     }
     Ok(TokenAuthenticator::new(tokens))
 }

@@ -1,19 +1,28 @@
 //! Config → xDS resources. ztunnel's view is Istio's workload API: every Pod and WorkloadEntry becomes an
-//! `istio.workload.Workload` (HBONE when its namespace, or the pod itself, is in ambient mode), every Service with
-//! a cluster IP an `istio.workload.Service`, and each workload names the services it backs with its own ports.
+//! `istio.workload.Workload` (HBONE when its namespace, or the pod itself, is in ambient mode, and always for a
+//! waypoint's pods), every Service with a cluster IP an `istio.workload.Service` (with its waypoint's address when
+//! it uses one), and each workload names the services it backs with its own ports. The waypoint's view is
+//! [`crate::l7`]'s `mesh.l7.v1.L7Service`, one per Service with routing config.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use mesh_core::identity::Identity;
 use mesh_proto::istio::workload::{
-    address, Address, NetworkAddress, Port, PortList, Service, Workload,
+    address, gateway_address, Address, GatewayAddress, NetworkAddress, Port, PortList, Service,
+    TunnelProtocol, Workload,
 };
-use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_SERVICE_TYPE_URL};
 
 use crate::ca::NodeIdentities;
+use crate::model::waypoint::{
+    is_waypoint_pod, service_waypoint, waypoint_address, waypoint_gateway,
+};
 use crate::model::{labels_match, ConfigSet, Pod, Service as K8sService, LABEL_DATAPLANE_MODE};
 use crate::xds::Resource;
+
+/// The port a waypoint accepts HBONE on.
+pub const HBONE_PORT: u32 = 15008;
 
 /// The outcome of one translation.
 #[derive(Default)]
@@ -39,9 +48,12 @@ struct Endpoint<'a> {
     labels: &'a BTreeMap<String, String>,
     /// Resolves named target ports.
     pod: Option<&'a Pod>,
+    /// A waypoint's pod: speaks HBONE itself and gets its own certificate (never through a ztunnel).
+    waypoint: bool,
 }
 
-fn octets(ip: &IpAddr) -> Vec<u8> {
+/// An address as the protos carry it: 4 or 16 raw bytes.
+pub(crate) fn octets(ip: &IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -50,6 +62,12 @@ fn octets(ip: &IpAddr) -> Vec<u8> {
 
 pub fn hostname(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}.svc.cluster.local")
+}
+
+/// `<namespace>/<fqdn>`: how the workload API keys a Service (resource names, a workload's `services` map) and how
+/// L7 resources name their destinations.
+pub fn service_key(name: &str, namespace: &str) -> String {
+    format!("{namespace}/{}", hostname(name, namespace))
 }
 
 fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
@@ -69,6 +87,7 @@ fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
             service_account: p.service_account().to_string(),
             labels: &p.metadata.labels,
             pod: Some(p),
+            waypoint: is_waypoint_pod(set, p),
         });
     }
     for w in set.workload_entries() {
@@ -86,6 +105,7 @@ fn endpoints(set: &ConfigSet) -> Vec<Endpoint<'_>> {
             service_account: w.service_account().to_string(),
             labels: w.labels(),
             pod: None,
+            waypoint: false,
         });
     }
     out
@@ -111,6 +131,41 @@ fn ports(s: &K8sService, pod: Option<&Pod>) -> Vec<Port> {
         .collect()
 }
 
+/// The waypoint a Service's traffic goes through, when it names one that exists, serves Services and has an
+/// address; `analyze` reports the other cases. Until then, traffic goes straight to the Service's workloads.
+fn waypoint(set: &ConfigSet, s: &K8sService) -> Option<GatewayAddress> {
+    let named = service_waypoint(set, s)?;
+    waypoint_gateway(set, named).filter(|g| g.serves_services())?;
+    let ip = waypoint_address(set, named.namespace, named.name)?;
+    Some(GatewayAddress {
+        destination: Some(gateway_address::Destination::Address(NetworkAddress {
+            network: String::new(),
+            address: octets(&ip),
+        })),
+        hbone_mtls_port: HBONE_PORT,
+    })
+}
+
+fn service_address(set: &ConfigSet, s: &K8sService) -> Option<Resource> {
+    let vip = s.cluster_ip()?;
+    let svc = Service {
+        name: s.metadata.name.clone(),
+        namespace: s.metadata.namespace.clone(),
+        hostname: hostname(&s.metadata.name, &s.metadata.namespace),
+        addresses: vec![NetworkAddress {
+            network: String::new(),
+            address: octets(&vip),
+        }],
+        // Numeric target ports here; named ones resolve per workload (in its `services` map).
+        ports: ports(s, None),
+        waypoint: waypoint(set, s),
+        ..Default::default()
+    };
+    Some(Resource::new(&Address {
+        r#type: Some(address::Type::Service(svc)),
+    }))
+}
+
 pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
     let mut addresses = BTreeMap::new();
     let mut nodes: BTreeMap<String, BTreeSet<Identity>> = BTreeMap::new();
@@ -130,11 +185,7 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
             // An empty selector selects nothing (its endpoints are managed by hand in Kubernetes).
             .filter(|s| !s.spec.selector.is_empty() && labels_match(&s.spec.selector, e.labels))
             .map(|s| {
-                let key = format!(
-                    "{}/{}",
-                    s.metadata.namespace,
-                    hostname(&s.metadata.name, &s.metadata.namespace)
-                );
+                let key = service_key(&s.metadata.name, &s.metadata.namespace);
                 (
                     key,
                     PortList {
@@ -143,8 +194,10 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
                 )
             })
             .collect();
-        let ambient = in_ambient(set, &e);
-        if ambient && !e.node.is_empty() {
+        // A waypoint terminates HBONE itself wherever it runs (Istio labels its pods out of ambient capture), and
+        // its identity is not one its node's ztunnel may ask for.
+        let hbone = e.waypoint || in_ambient(set, &e);
+        if hbone && !e.waypoint && !e.node.is_empty() {
             nodes
                 .entry(e.node.clone())
                 .or_default()
@@ -161,7 +214,11 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
             name: e.name.to_string(),
             namespace: e.namespace.to_string(),
             addresses: vec![octets(&e.ip)],
-            tunnel_protocol: if ambient { 1 } else { 0 },
+            tunnel_protocol: if hbone {
+                TunnelProtocol::Hbone as i32
+            } else {
+                TunnelProtocol::None as i32
+            },
             trust_domain: trust_domain.to_string(),
             service_account: e.service_account.clone(),
             node: e.node.clone(),
@@ -181,33 +238,19 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
         addresses.insert(e.uid, Resource::new(&addr));
     }
     for s in set.services() {
-        let Some(vip) = s.cluster_ip() else {
-            continue;
-        };
-        let host = hostname(&s.metadata.name, &s.metadata.namespace);
-        let svc = Service {
-            name: s.metadata.name.clone(),
-            namespace: s.metadata.namespace.clone(),
-            hostname: host.clone(),
-            addresses: vec![NetworkAddress {
-                network: String::new(),
-                address: octets(&vip),
-            }],
-            // Numeric target ports here; named ones resolve per workload (in its `services` map).
-            ports: ports(s, None),
-            ..Default::default()
-        };
-        let addr = Address {
-            r#type: Some(address::Type::Service(svc)),
-        };
-        addresses.insert(
-            format!("{}/{host}", s.metadata.namespace),
-            Resource::new(&addr),
-        );
+        // A Service without a cluster IP (headless, or not allocated yet) has no address of its own.
+        if let Some(addr) = service_address(set, s) {
+            addresses.insert(service_key(&s.metadata.name, &s.metadata.namespace), addr);
+        }
     }
+    let l7 = crate::l7::translate(set)
+        .into_iter()
+        .map(|(name, svc)| (name, Resource::new(&svc)))
+        .collect();
     let mut resources = BTreeMap::new();
     resources.insert(ADDRESS_TYPE_URL.to_string(), addresses);
     resources.insert(AUTHORIZATION_TYPE_URL.to_string(), BTreeMap::new());
+    resources.insert(L7_SERVICE_TYPE_URL.to_string(), l7);
     Translated {
         resources,
         nodes: NodeIdentities(nodes),

@@ -128,3 +128,83 @@ async fn a_csr_must_ask_for_the_authorized_identity_and_callers_must_authenticat
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+/// File mode, as configured: `workloadTokens` authenticate a waypoint as exactly its own identity.
+#[tokio::test]
+async fn a_workload_token_from_the_config_gets_its_own_identity_only() {
+    use mesh_control::config::{Config, NodeToken, WorkloadToken};
+
+    let dir = std::env::temp_dir().join(format!("mesh-ca-workload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wp_file, node_file) = (dir.join("waypoint"), dir.join("node1"));
+    std::fs::write(&wp_file, "wp-secret\n").unwrap();
+    std::fs::write(&node_file, "node-secret\n").unwrap();
+    let mut cfg = Config {
+        config_dir: dir.clone(),
+        node_tokens: vec![NodeToken {
+            node: "node1".into(),
+            token_file: node_file,
+        }],
+        workload_tokens: vec![WorkloadToken {
+            namespace: "prod".into(),
+            service_account: "waypoint".into(),
+            token_file: wp_file.clone(),
+        }],
+        ..Config::default()
+    };
+    cfg.validate().expect("valid config");
+    let auth = mesh_control::server::authenticator(&cfg).expect("tokens read");
+    let ca = CaService::new(
+        Arc::new(CertificateAuthority::generate("cluster.local").unwrap()),
+        Arc::new(auth),
+        Arc::new(ArcSwap::from_pointee(NodeIdentities(BTreeMap::from([(
+            "node1".to_string(),
+            BTreeSet::from([id("prod", "web")]),
+        )])))),
+        Duration::from_secs(3600),
+        &mut Registry::default(),
+    );
+
+    let me = id("prod", "waypoint");
+    ask(&ca, Some("wp-secret"), &me, None)
+        .await
+        .expect("its own identity");
+    ask(&ca, Some("wp-secret"), &me, Some(&me))
+        .await
+        .expect("naming itself is not impersonation");
+    let web = id("prod", "web");
+    let err = ask(&ca, Some("wp-secret"), &web, Some(&web))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    let err = ask(&ca, Some("wp-secret"), &web, None).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    // The node token in the same config still works for its node's pods.
+    ask(&ca, Some("node-secret"), &web, Some(&web))
+        .await
+        .expect("node1's pod");
+
+    // One token for two callers is refused at start; so are entries that cannot name an identity.
+    cfg.node_tokens[0].token_file = wp_file;
+    let err = mesh_control::server::authenticator(&cfg)
+        .err()
+        .expect("duplicate token refused");
+    assert!(err.to_string().contains("same token"), "{err}");
+    cfg.workload_tokens[0].service_account = String::new();
+    let err = cfg.validate().expect_err("empty service account refused");
+    assert!(
+        err.to_string().contains("workloadTokens[0].serviceAccount"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

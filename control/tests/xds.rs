@@ -92,7 +92,7 @@ async fn connect(
     let (tx, rx) = mpsc::channel(8);
     tx.send(DeltaDiscoveryRequest {
         type_url: ADDRESS_TYPE_URL.into(),
-        initial_resource_versions: initial,
+        initial_resource_versions: initial.into_iter().collect(),
         ..Default::default()
     })
     .await

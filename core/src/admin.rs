@@ -32,6 +32,29 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     (status, "text/plain; charset=utf-8", body.into())
 }
 
+/// Prometheus metrics at `/metrics` (and Envoy's `/stats/prometheus`, where Istio's scrape configs look).
+pub fn metrics_handler(registry: Arc<prometheus_client::registry::Registry>) -> Handler {
+    Arc::new(move |req| match req.uri.path() {
+        "/metrics" | "/stats/prometheus" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::encode(&registry),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "try /metrics\n"),
+    })
+}
+
+/// Kubernetes' readiness probe at `/healthz/ready` (Istio's path): 503 once draining, so endpoints drop the proxy.
+pub fn readiness_handler(drain: DrainWatch) -> Handler {
+    Arc::new(move |req| match req.uri.path() {
+        "/healthz/ready" if drain.is_stopping() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/healthz/ready" => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
+    })
+}
+
 /// Serves `handler` on `listener` until the drain starts.
 pub async fn serve(listener: TcpListener, handler: Handler, drain: DrainWatch) {
     loop {

@@ -205,7 +205,7 @@ async fn xds_stream<H: XdsHandler>(
     for type_url in handler.type_urls() {
         let first = DeltaDiscoveryRequest {
             node: Some(node.clone()),
-            initial_resource_versions: handler.versions(&type_url),
+            initial_resource_versions: handler.versions(&type_url).into_iter().collect(),
             type_url,
             ..Default::default()
         };

@@ -8,10 +8,13 @@
 //! - [`metrics`] and [`admin`]: prometheus-client registries and the small admin HTTP server.
 //! - [`config`]: typed config loading (file + environment).
 //! - [`control`]: the client side of the control plane: CA (certificates) and delta xDS (config).
+//! - [`certs`]: a proxy's workload certificates, fetched ahead of need and renewed at half-life.
+//! - [`workload`]: workloads and services (Istio's workload API) as one snapshot, from a file or xDS.
 //! - [`netns`] and [`socket`]: network namespaces, original destination, socket marks.
 
 pub mod admin;
 pub mod ca;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod drain;
@@ -22,6 +25,7 @@ pub mod netns;
 pub mod process;
 pub mod socket;
 pub mod tls;
+pub mod workload;
 
 /// Mark set on every socket the mesh opens, so the pod's redirection rules let them pass (Istio uses the same value).
 pub const MESH_SOCKET_MARK: u32 = 0x539;

@@ -31,6 +31,21 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of authorization resources ([`istio::security::Authorization`]).
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 
+/// Type URL of the waypoint's L7 resources ([`mesh::l7::v1::L7Service`]), this project's own type.
+pub const L7_SERVICE_TYPE_URL: &str = "type.googleapis.com/mesh.l7.v1.L7Service";
+
+/// This project's own APIs.
+pub mod mesh {
+    /// Package `mesh.l7`.
+    pub mod l7 {
+        /// The waypoint's L7 configuration (`mesh.l7.v1`).
+        pub mod v1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+            tonic::include_proto!("mesh.l7.v1");
+        }
+    }
+}
+
 /// Istio APIs.
 pub mod istio {
     /// Workload discovery resources (`istio.workload`).
@@ -98,7 +113,7 @@ mod tests {
     //! A tag byte is `(field_number << 3) | wire_type`, as a varint; wire type
     //! 0 is varint, 2 is length-delimited.
 
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     use prost::{Message, Name};
 
@@ -157,7 +172,7 @@ mod tests {
             tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
             trust_domain: "td".into(),
             status: wl::WorkloadStatus::Unhealthy as i32,
-            services: HashMap::from([(
+            services: BTreeMap::from([(
                 "a".to_string(),
                 wl::PortList {
                     ports: vec![wl::Port {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::{bin, http_get, poll, sh, Cluster};
+use crate::{bin, http_get, poll, sh, Cluster, Pod};
 
 /// The control plane's address on the underlay.
 pub const CONTROL_IP: &str = "198.19.0.254";
@@ -16,6 +16,11 @@ pub const CONTROL_IP: &str = "198.19.0.254";
 impl Cluster {
     pub fn config_dir(&self) -> PathBuf {
         self.dir.join("config")
+    }
+
+    /// A workload's (waypoint's) bootstrap token, by pod name.
+    pub fn workload_token_file(&self, pod: &str) -> PathBuf {
+        self.dir.join(format!("token-{pod}"))
     }
 
     /// Node `node` (1-based, as in its name)'s bootstrap token.
@@ -38,9 +43,13 @@ impl Cluster {
     pub(crate) fn write_config_dir(&self) -> Result<()> {
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir)?;
+        let mut ns_labels = serde_json::json!({"istio.io/dataplane-mode": "ambient"});
+        for (k, v) in &self.namespace_labels {
+            ns_labels[k] = v.clone().into();
+        }
         let mut docs = vec![serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "default", "labels": {"istio.io/dataplane-mode": "ambient"}},
+            "metadata": {"name": "default", "labels": ns_labels},
         })];
         for p in &self.pods {
             let mut labels: serde_json::Map<String, serde_json::Value> = p
@@ -49,7 +58,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone().into()))
                 .collect();
-            if !p.spec.mesh {
+            if !p.spec.mesh && !p.spec.is_waypoint() {
                 labels.insert("istio.io/dataplane-mode".into(), "none".into());
             }
             docs.push(serde_json::json!({
@@ -62,11 +71,12 @@ impl Cluster {
         for s in &self.services {
             docs.push(serde_json::json!({
                 "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": s["name"], "namespace": s["namespace"]},
+                "metadata": {"name": s["name"], "namespace": s["namespace"], "labels": s.get("labels").cloned().unwrap_or_else(|| serde_json::json!({}))},
                 "spec": {
                     "clusterIP": s["vip"],
                     "selector": s["selector"],
                     "ports": s["ports"].as_array().into_iter().flatten().map(|p| serde_json::json!({
+                        "name": p.get("name").cloned().unwrap_or_else(|| format!("port-{}", p["port"]).into()),
                         "port": p["port"], "targetPort": p["targetPort"],
                     })).collect::<Vec<_>>(),
                 },
@@ -98,6 +108,21 @@ impl Cluster {
                     "br0",
                 ],
             )?;
+            // Pods (a waypoint) talk to the control plane too: the underlay routes their subnets via their node.
+            for i in 1..=self.nodes.len() {
+                sh(
+                    "ip",
+                    &[
+                        "-n",
+                        &self.underlay,
+                        "route",
+                        "add",
+                        &format!("198.18.{i}.0/24"),
+                        "via",
+                        &format!("198.19.0.{i}"),
+                    ],
+                )?;
+            }
             let tokens: String = (0..self.nodes.len())
                 .map(|i| {
                     format!(
@@ -107,11 +132,26 @@ impl Cluster {
                     )
                 })
                 .collect();
-            let cfg = format!(
+            let mut cfg = format!(
                 "configDir: {}\ncaDir: {}\npollInterval: 200ms\ndebounce: 50ms\nnodeTokens:\n{tokens}",
                 self.config_dir().display(),
                 self.ca_dir().display()
             );
+            let waypoints: Vec<&Pod> = self.pods.iter().filter(|p| p.spec.is_waypoint()).collect();
+            if !waypoints.is_empty() {
+                cfg.push_str("workloadTokens:\n");
+            }
+            for p in waypoints {
+                let token: u128 = rand::random();
+                let file = self.workload_token_file(&p.spec.name);
+                std::fs::write(&file, format!("{token:032x}\n"))?;
+                cfg.push_str(&format!(
+                    "- {{namespace: {}, serviceAccount: {}, tokenFile: {}}}\n",
+                    p.spec.namespace,
+                    p.spec.service_account,
+                    file.display()
+                ));
+            }
             std::fs::write(self.dir.join("control.yaml"), cfg)?;
         }
         let log = std::fs::File::create(self.dir.join("control.log"))?;

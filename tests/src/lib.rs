@@ -8,7 +8,9 @@
 //! Everything is torn down on drop. Names carry a per-cluster prefix so tests run side by side.
 
 pub mod control;
+pub mod http;
 pub mod net;
+pub mod waypoint;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -172,6 +174,29 @@ impl PodSpec {
             ..Self::mesh(name, node)
         }
     }
+
+    /// A pod running a waypoint for Gateway `name` (Istio's label and service account naming; not captured).
+    pub fn waypoint(name: &str, node: usize) -> Self {
+        Self {
+            mesh: false,
+            labels: vec![(waypoint::GATEWAY_NAME_LABEL.into(), name.into())],
+            ..Self::mesh(name, node)
+        }
+    }
+
+    pub fn with_labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+
+    pub fn is_waypoint(&self) -> bool {
+        self.labels
+            .iter()
+            .any(|(k, _)| k == waypoint::GATEWAY_NAME_LABEL)
+    }
 }
 
 pub struct Pod {
@@ -200,6 +225,10 @@ pub struct Cluster {
     pub underlay: String,
     pub mode: Mode,
     control: Option<Child>,
+    /// Labels of the `default` namespace (control-plane mode), e.g. `istio.io/use-waypoint`.
+    pub namespace_labels: Vec<(String, String)>,
+    /// Other processes the cluster owns (waypoints), killed with it.
+    pub(crate) children: Vec<(String, Child)>,
 }
 
 /// Where ztunnels get workloads and certificates from.
@@ -232,6 +261,8 @@ impl Cluster {
             services: Vec::new(),
             mode,
             control: None,
+            namespace_labels: Vec::new(),
+            children: Vec::new(),
         };
         c.build_underlay()?;
         for i in 1..=nodes {
@@ -462,6 +493,15 @@ impl Cluster {
         let app = Command::new("ip")
             .args(["netns", "exec", &pod.netns])
             .arg(bin("mesh-testapp")?)
+            .env("POD_NAME", &pod.spec.name)
+            .env(
+                "POD_VERSION",
+                pod.spec
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "version")
+                    .map_or("", |(_, v)| v.as_str()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -486,11 +526,18 @@ impl Cluster {
         target: u16,
         app: &str,
     ) -> Result<()> {
-        self.services.push(serde_json::json!({
+        self.add_service_spec(serde_json::json!({
             "name": name, "namespace": "default", "vip": vip,
             "ports": [{"port": port, "targetPort": target}],
             "selector": {"app": app},
-        }));
+        }))
+    }
+
+    /// Adds a service given in the state file's shape (`name`, `namespace`, `vip`, `ports`, `selector`, and in
+    /// control-plane mode optional `labels`), and waits until every running ztunnel has it.
+    pub fn add_service_spec(&mut self, spec: serde_json::Value) -> Result<()> {
+        let name = spec["name"].as_str().context("service name")?.to_string();
+        self.services.push(spec);
         self.write_state()?;
         if self.mode == Mode::ControlPlane && self.control.is_none() {
             return Ok(());
@@ -658,6 +705,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(mut c) = self.control.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }

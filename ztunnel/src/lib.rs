@@ -7,12 +7,13 @@
 pub mod admin;
 pub mod cni;
 pub mod config;
-pub mod identity;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
-pub mod state;
-pub mod xds;
+
+/// Shared with the waypoint; kept under their old names so ztunnel's modules read as before.
+pub use mesh_core::certs as identity;
+pub use mesh_core::workload::{state, xds};
 
 use std::sync::Arc;
 
@@ -145,12 +146,12 @@ impl Ztunnel {
             (
                 "metrics",
                 cfg.metrics_addr,
-                admin::metrics_handler(registry),
+                mesh_core::admin::metrics_handler(registry),
             ),
             (
                 "readiness",
                 cfg.readiness_addr,
-                admin::readiness_handler(ctx.clone()),
+                mesh_core::admin::readiness_handler(ctx.drain.clone()),
             ),
         ];
         for (what, addr, handler) in servers {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::{MeshDuration, ObjectMeta};
+use super::meta::{MeshDuration, ObjectMeta, LABEL_WAYPOINT_FOR};
 use super::validate::{check_host, check_regex, Findings};
 
 /// The gateway class Istio gives waypoints.
@@ -53,6 +53,17 @@ pub struct RouteNamespaces {
 impl Gateway {
     pub fn is_waypoint(&self) -> bool {
         self.spec.gateway_class_name == WAYPOINT_CLASS
+    }
+
+    /// The traffic a waypoint handles, from its `istio.io/waypoint-for` label: `service` (Istio's default),
+    /// `workload`, `all` or `none`.
+    pub fn waypoint_for(&self) -> &str {
+        self.metadata.label(LABEL_WAYPOINT_FOR).unwrap_or("service")
+    }
+
+    /// Whether Services that name this waypoint have their traffic sent through it.
+    pub fn serves_services(&self) -> bool {
+        matches!(self.waypoint_for(), "service" | "all")
     }
 
     pub(crate) fn validate(&self, f: &mut Findings) {
@@ -106,6 +117,13 @@ pub struct ParentReference {
     pub name: String,
     pub section_name: Option<String>,
     pub port: Option<u32>,
+}
+
+impl ParentReference {
+    /// A Service parent (GAMMA mesh routing): the core group, written `""` or `core`.
+    pub fn is_service(&self) -> bool {
+        self.kind == "Service" && (self.group.is_empty() || self.group == "core")
+    }
 }
 
 impl Default for ParentReference {
@@ -401,12 +419,11 @@ fn validate_parents(f: &mut Findings, parents: &[ParentReference], hostnames: &[
     for (i, p) in parents.iter().enumerate() {
         let path = format!("spec.parentRefs[{i}]");
         f.required(format!("{path}.name"), &p.name);
-        let ok = (p.kind == "Gateway" && p.group == GATEWAY_GROUP)
-            || (p.kind == "Service" && p.group.is_empty());
+        let ok = (p.kind == "Gateway" && p.group == GATEWAY_GROUP) || p.is_service();
         if !ok {
             f.error(
                 format!("{path}.kind"),
-                "must be a Gateway (gateway.networking.k8s.io) or a Service (core group)",
+                "must be a Gateway (gateway.networking.k8s.io) or a Service (group \"\" or \"core\")",
             );
         }
         if let Some(port) = p.port {

@@ -1,12 +1,12 @@
-//! `networking.istio.io`: WorkloadEntry, VirtualService and DestinationRule, field for field as Istio names
-//! them (camelCase in YAML), with Istio's own validation rules.
+//! `networking.istio.io`: WorkloadEntry and VirtualService (DestinationRule is in `destination_rule.rs`), field for
+//! field as Istio names them (camelCase in YAML), with Istio's own validation rules.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::meta::{MeshDuration, ObjectMeta, ANNOTATION_NODE, LABEL_USE_WAYPOINT};
-use super::validate::{check_dns_label, check_host, check_subdomain, Findings};
+use super::validate::{check_dns_label, check_host, check_subdomain, decode_base64, Findings};
 
 /// A workload outside Kubernetes (a VM, or a process in a test netns) that a Service can select.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -171,8 +171,19 @@ pub struct VsHttpRoute {
     pub retries: Option<HttpRetry>,
     pub fault: Option<HttpFaultInjection>,
     pub mirror: Option<Destination>,
+    /// Share of requests `mirror` copies; unset means 100%.
     pub mirror_percentage: Option<Percent>,
+    /// Further mirrors, each with its own percentage (unset: 100%).
+    pub mirrors: Vec<HttpMirrorPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// One `mirrors[]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    pub percentage: Option<Percent>,
 }
 
 /// All the conditions inside one match entry must hold.
@@ -236,7 +247,8 @@ pub struct HttpFaultInjection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultDelay {
-    /// Unset means 100%.
+    /// Unset means 0%: Istio's implementation injects nothing then, and its docs were changed to say so
+    /// (istio/api#2522), whatever older docs claimed.
     pub percentage: Option<Percent>,
     pub fixed_delay: Option<MeshDuration>,
 }
@@ -244,7 +256,7 @@ pub struct FaultDelay {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultAbort {
-    /// Unset means 100%.
+    /// Unset means 0%, as for [`FaultDelay::percentage`].
     pub percentage: Option<Percent>,
     pub http_status: Option<u32>,
 }
@@ -277,6 +289,10 @@ pub struct HttpRewrite {
 pub struct HttpRedirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
+    /// `http` or `https`; unset keeps the request's.
+    pub scheme: Option<String>,
+    /// Unset keeps the request's port.
+    pub port: Option<u32>,
     /// Default 301.
     pub redirect_code: Option<u32>,
 }
@@ -294,6 +310,17 @@ pub struct HttpBody {
     pub string: Option<String>,
     /// Base64, as Istio writes bytes.
     pub bytes: Option<String>,
+}
+
+impl HttpBody {
+    /// The body to send: `string` as UTF-8, or `bytes` decoded (validation has rejected bad base64).
+    pub fn content(&self) -> Vec<u8> {
+        match (&self.string, &self.bytes) {
+            (Some(s), _) => s.clone().into_bytes(),
+            (None, Some(b)) => decode_base64(b).unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 /// A `spec.tcp[]` rule: only the route is modeled (L4 matches are reported as unsupported fields).
@@ -378,6 +405,12 @@ fn validate_headers(f: &mut Findings, path: &str, h: &Headers) {
 }
 
 impl VirtualService {
+    /// Whether the rules apply inside the mesh (to sidecars and waypoints): `gateways` empty or naming `mesh`.
+    /// A VirtualService bound only to ingress gateways does not route mesh traffic.
+    pub fn applies_to_mesh(&self) -> bool {
+        self.spec.gateways.is_empty() || self.spec.gateways.iter().any(|g| g == "mesh")
+    }
+
     pub(crate) fn validate(&self, f: &mut Findings) {
         let s = &self.spec;
         if s.hosts.is_empty() {
@@ -520,6 +553,19 @@ fn validate_http_route(f: &mut Findings, path: &str, r: &VsHttpRoute) {
     if let Some(m) = &r.mirror {
         validate_destination(f, &format!("{path}.mirror"), m);
     }
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        f.error(format!("{path}.mirrors"), "cannot be combined with mirror");
+    }
+    for (i, m) in r.mirrors.iter().enumerate() {
+        validate_destination(
+            f,
+            &format!("{path}.mirrors[{i}].destination"),
+            &m.destination,
+        );
+        if let Some(p) = m.percentage {
+            f.percent(format!("{path}.mirrors[{i}].percentage.value"), p.value);
+        }
+    }
     if let Some(p) = r.mirror_percentage {
         f.percent(format!("{path}.mirrorPercentage.value"), p.value);
     }
@@ -527,249 +573,45 @@ fn validate_http_route(f: &mut Findings, path: &str, r: &VsHttpRoute) {
         validate_headers(f, &format!("{path}.headers"), h);
     }
     if let Some(rd) = &r.redirect {
-        if rd.uri.is_none() && rd.authority.is_none() {
-            f.error(
-                format!("{path}.redirect"),
-                "one of uri or authority is required",
-            );
-        }
-        if let Some(code) = rd.redirect_code {
-            if ![301, 302, 303, 307, 308].contains(&code) {
-                f.error(
-                    format!("{path}.redirect.redirectCode"),
-                    "must be 301, 302, 303, 307 or 308",
-                );
-            }
-        }
+        validate_redirect(f, &format!("{path}.redirect"), rd);
     }
     if let Some(dr) = &r.direct_response {
-        if !(200..=599).contains(&dr.status) {
+        validate_direct_response(f, &format!("{path}.directResponse"), dr);
+    }
+}
+
+fn validate_redirect(f: &mut Findings, path: &str, rd: &HttpRedirect) {
+    if rd.uri.is_none() && rd.authority.is_none() && rd.scheme.is_none() && rd.port.is_none() {
+        f.error(path, "one of uri, authority, scheme or port is required");
+    }
+    if let Some(code) = rd.redirect_code {
+        if ![301, 302, 303, 307, 308].contains(&code) {
             f.error(
-                format!("{path}.directResponse.status"),
-                "must be between 200 and 599",
-            );
-        }
-        if let Some(b) = &dr.body {
-            if b.string.is_some() && b.bytes.is_some() {
-                f.error(
-                    format!("{path}.directResponse.body"),
-                    "only one of string or bytes may be set",
-                );
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DestinationRule {
-    pub metadata: ObjectMeta,
-    pub spec: DestinationRuleSpec,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct DestinationRuleSpec {
-    pub host: String,
-    pub traffic_policy: Option<TrafficPolicy>,
-    pub subsets: Vec<Subset>,
-    pub export_to: Vec<String>,
-}
-
-impl DestinationRuleSpec {
-    pub fn subset(&self, name: &str) -> Option<&Subset> {
-        self.subsets.iter().find(|s| s.name == name)
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct TrafficPolicy {
-    pub load_balancer: Option<LoadBalancerSettings>,
-    pub connection_pool: Option<ConnectionPoolSettings>,
-    pub outlier_detection: Option<OutlierDetection>,
-    pub port_level_settings: Vec<PortTrafficPolicy>,
-}
-
-/// A policy for one destination port, overriding the rule-wide one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PortTrafficPolicy {
-    pub port: Option<PortSelector>,
-    pub load_balancer: Option<LoadBalancerSettings>,
-    pub connection_pool: Option<ConnectionPoolSettings>,
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LoadBalancerSettings {
-    pub simple: Option<SimpleLb>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SimpleLb {
-    #[default]
-    Unspecified,
-    LeastConn,
-    Random,
-    Passthrough,
-    RoundRobin,
-    LeastRequest,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ConnectionPoolSettings {
-    pub tcp: Option<TcpSettings>,
-    pub http: Option<HttpSettings>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct TcpSettings {
-    pub max_connections: Option<u32>,
-    pub connect_timeout: Option<MeshDuration>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct HttpSettings {
-    #[serde(rename = "http1MaxPendingRequests")]
-    pub http1_max_pending_requests: Option<u32>,
-    #[serde(rename = "http2MaxRequests")]
-    pub http2_max_requests: Option<u32>,
-    pub max_requests_per_connection: Option<u32>,
-    pub max_retries: Option<u32>,
-    pub idle_timeout: Option<MeshDuration>,
-    #[serde(rename = "h2UpgradePolicy")]
-    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum H2UpgradePolicy {
-    #[default]
-    Default,
-    DoNotUpgrade,
-    Upgrade,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct OutlierDetection {
-    #[serde(rename = "consecutive5xxErrors")]
-    pub consecutive_5xx_errors: Option<u32>,
-    pub consecutive_gateway_errors: Option<u32>,
-    pub interval: Option<MeshDuration>,
-    pub base_ejection_time: Option<MeshDuration>,
-    pub max_ejection_percent: Option<u32>,
-    pub min_health_percent: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Subset {
-    pub name: String,
-    /// Added to the Service's selector to pick the subset's workloads.
-    pub labels: BTreeMap<String, String>,
-    pub traffic_policy: Option<TrafficPolicy>,
-}
-
-/// Istio rejects these durations below 1ms: zero would mean "never" or "eject forever".
-fn at_least_1ms(f: &mut Findings, path: String, d: Option<MeshDuration>) {
-    if d.is_some_and(|d| d.0 < std::time::Duration::from_millis(1)) {
-        f.error(path, "must be at least 1ms");
-    }
-}
-
-fn validate_pool_and_outlier(
-    f: &mut Findings,
-    path: &str,
-    pool: &Option<ConnectionPoolSettings>,
-    od: &Option<OutlierDetection>,
-) {
-    if let Some(p) = pool {
-        if let Some(tcp) = &p.tcp {
-            at_least_1ms(
-                f,
-                format!("{path}.connectionPool.tcp.connectTimeout"),
-                tcp.connect_timeout,
-            );
-        }
-        if let Some(http) = &p.http {
-            at_least_1ms(
-                f,
-                format!("{path}.connectionPool.http.idleTimeout"),
-                http.idle_timeout,
+                format!("{path}.redirectCode"),
+                "must be 301, 302, 303, 307 or 308",
             );
         }
     }
-    if let Some(o) = od {
-        let p = format!("{path}.outlierDetection");
-        at_least_1ms(f, format!("{p}.interval"), o.interval);
-        at_least_1ms(f, format!("{p}.baseEjectionTime"), o.base_ejection_time);
-        for (field, v) in [
-            ("maxEjectionPercent", o.max_ejection_percent),
-            ("minHealthPercent", o.min_health_percent),
-        ] {
-            if v.is_some_and(|v| v > 100) {
-                f.error(format!("{p}.{field}"), "must be between 0 and 100");
-            }
-        }
+    if let Some(port) = rd.port {
+        f.port(format!("{path}.port"), port);
+    }
+    if rd.scheme.as_deref().is_some_and(str::is_empty) {
+        f.error(format!("{path}.scheme"), "must not be empty");
     }
 }
 
-fn validate_traffic_policy(f: &mut Findings, path: &str, tp: &TrafficPolicy) {
-    validate_pool_and_outlier(f, path, &tp.connection_pool, &tp.outlier_detection);
-    let mut seen = BTreeSet::new();
-    for (i, pl) in tp.port_level_settings.iter().enumerate() {
-        let pp = format!("{path}.portLevelSettings[{i}]");
-        match pl.port {
-            None => f.error(format!("{pp}.port"), "required"),
-            Some(p) => {
-                f.port(format!("{pp}.port.number"), p.number);
-                if !seen.insert(p.number) {
-                    f.error(
-                        format!("{pp}.port.number"),
-                        "duplicate port in portLevelSettings",
-                    );
-                }
-            }
-        }
-        validate_pool_and_outlier(f, &pp, &pl.connection_pool, &pl.outlier_detection);
+fn validate_direct_response(f: &mut Findings, path: &str, dr: &HttpDirectResponse) {
+    if !(200..=599).contains(&dr.status) {
+        f.error(format!("{path}.status"), "must be between 200 and 599");
     }
-}
-
-impl DestinationRule {
-    pub(crate) fn validate(&self, f: &mut Findings) {
-        let s = &self.spec;
-        f.required("spec.host", &s.host);
-        if !s.host.is_empty() {
-            f.check("spec.host", check_host(&s.host));
-        }
-        if let Some(tp) = &s.traffic_policy {
-            validate_traffic_policy(f, "spec.trafficPolicy", tp);
-        }
-        let mut names = BTreeMap::new();
-        for (i, sub) in s.subsets.iter().enumerate() {
-            let path = format!("spec.subsets[{i}]");
-            if sub.name.is_empty() {
-                f.error(format!("{path}.name"), "required");
-            } else {
-                f.check(format!("{path}.name"), check_dns_label(&sub.name));
-                if let Some(first) = names.insert(sub.name.as_str(), i) {
-                    f.error(
-                        format!("{path}.name"),
-                        format!("duplicate of spec.subsets[{first}].name"),
-                    );
-                }
-            }
-            f.labels(&format!("{path}.labels"), &sub.labels);
-            if let Some(tp) = &sub.traffic_policy {
-                validate_traffic_policy(f, &format!("{path}.trafficPolicy"), tp);
-            }
-        }
+    let Some(b) = &dr.body else { return };
+    if b.string.is_some() && b.bytes.is_some() {
+        f.error(
+            format!("{path}.body"),
+            "only one of string or bytes may be set",
+        );
+    }
+    if let Some(bytes) = &b.bytes {
+        f.check(format!("{path}.body.bytes"), decode_base64(bytes).map(drop));
     }
 }

@@ -13,6 +13,11 @@ pub const LABEL_DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const LABEL_USE_WAYPOINT: &str = "istio.io/use-waypoint";
 /// Companion of [`LABEL_USE_WAYPOINT`] when the waypoint lives in another namespace.
 pub const LABEL_USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Set by the Gateway controller on the pods and the Service that implement a Gateway: the Gateway's name. A pod
+/// with it is a waypoint when its Gateway is one.
+pub const LABEL_GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// Gateway label: the traffic a waypoint handles: `service` (the default), `workload`, `all` or `none`.
+pub const LABEL_WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 /// Mesh extension: a WorkloadEntry has no node in Istio's API, but this mesh needs to know which node's
 /// ztunnel serves it, so the node is named by this annotation on the WorkloadEntry's metadata.
 pub const ANNOTATION_NODE: &str = "mesh.io/node";

@@ -6,6 +6,8 @@
 //!   rejected, and if the previous set held a good version of it, that version stays: one bad edit never
 //!   takes down working config.
 //! - [`analyze`] runs cross-object checks over a set, like `istioctl analyze`.
+//! - [`attach`] says which routing objects apply to which Service (and which one wins), [`waypoint`] which
+//!   waypoint a Service uses and where it is reached; the translation and `analyze` share both.
 //! - Every type mirrors its Kubernetes/Istio schema in camelCase; fields the mesh does not model are ignored
 //!   (and reported as warnings for mesh kinds, so a typo or an unsupported feature does not go unnoticed).
 //!
@@ -18,6 +20,8 @@ use std::path::PathBuf;
 use serde::{Serialize, Serializer};
 
 mod analyze;
+pub mod attach;
+pub mod destination_rule;
 pub mod gateway;
 pub mod istio;
 pub mod k8s;
@@ -27,11 +31,13 @@ pub mod security;
 mod set;
 pub mod smi;
 pub mod validate;
+pub mod waypoint;
 
 #[cfg(test)]
 mod tests;
 
 pub use analyze::analyze;
+pub use destination_rule::*;
 pub use gateway::*;
 pub use istio::*;
 pub use k8s::*;

@@ -99,6 +99,8 @@ pub enum SyntaxError {
     Ip(String),
     #[error("invalid port name {0:?}: at most 15 of [a-z0-9-] with at least one letter")]
     PortName(String),
+    #[error("invalid base64: {0}")]
+    Base64(&'static str),
 }
 
 pub fn check_port(port: u32) -> Result<(), SyntaxError> {
@@ -240,6 +242,34 @@ pub fn check_host(host: &str) -> Result<(), SyntaxError> {
     Ok(())
 }
 
+/// Decode standard base64 (RFC 4648, `+/`, padding optional), as protobuf JSON writes `bytes` fields.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, SyntaxError> {
+    fn sextet(c: u8) -> Result<u32, SyntaxError> {
+        match c {
+            b'A'..=b'Z' => Ok(u32::from(c - b'A')),
+            b'a'..=b'z' => Ok(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Ok(u32::from(c - b'0') + 52),
+            b'+' => Ok(62),
+            b'/' => Ok(63),
+            _ => Err(SyntaxError::Base64("unexpected character")),
+        }
+    }
+    let data = text.trim_end_matches('=').as_bytes();
+    if data.len() % 4 == 1 || text.len() - data.len() > 2 {
+        return Err(SyntaxError::Base64("wrong length"));
+    }
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    for chunk in data.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= sextet(*c)? << (18 - 6 * i);
+        }
+        // A chunk of n characters carries n - 1 whole bytes.
+        out.extend_from_slice(&acc.to_be_bytes()[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
 pub fn check_ip(text: &str) -> Result<(), SyntaxError> {
     text.parse::<IpAddr>()
         .map(|_| ())
@@ -343,6 +373,12 @@ mod tests {
         assert!(check_host("a..b").is_err());
         assert!(check_host("a*.b").is_err());
         assert!(check_host("http://x").is_err());
+        assert_eq!(decode_base64("aGVsbG8="), Ok(b"hello".to_vec()));
+        assert_eq!(decode_base64("aGVsbG8"), Ok(b"hello".to_vec()));
+        assert_eq!(decode_base64("AAEC/w=="), Ok(vec![0, 1, 2, 255]));
+        assert_eq!(decode_base64(""), Ok(Vec::new()));
+        assert!(decode_base64("a").is_err());
+        assert!(decode_base64("a$bc").is_err());
         assert!(check_regex("^/api/v[0-9]+").is_ok());
         assert!(matches!(
             check_regex("(unclosed"),

@@ -10,7 +10,7 @@ mod stream;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use client::{ConnectRequest, Pool, PoolKey, PoolSettings};
+pub use client::{ConnectRequest, Pool, PoolKey, PoolSettings, SocketFactory};
 pub use server::{
     accept_tls, serve_connection, ConnectHandler, InboundRequest, Refusal, Responder,
 };

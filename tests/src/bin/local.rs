@@ -1,12 +1,14 @@
 //! `mesh-local`: the mesh on this machine. The control plane in file mode (watching a directory of Kubernetes
 //! YAML), two nodes (network namespaces) with a ztunnel each fed by it, mesh pods `sleep`, `echo-v1`, `echo-v2`
-//! behind the service `echo` (198.18.255.10:80), and a non-mesh pod `legacy`.
+//! behind the service `echo` (198.18.255.10:80), a non-mesh pod `legacy`, and `order-service` (v1, v2) behind a
+//! waypoint that applies the user's seed VirtualService and DestinationRule.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use mesh_tests::http::{load, request, Reply, Req};
 use mesh_tests::net::{exchange, whoami};
 use mesh_tests::{poll, Cluster, Mode, PodSpec};
 
@@ -45,11 +47,18 @@ fn main() -> Result<()> {
             pod("order-v1", 0, "order-service", "v1"),
             pod("order-v2", 1, "order-service", "v2"),
             PodSpec::plain("legacy", 1),
+            PodSpec::waypoint("waypoint", 1),
         ],
         Mode::ControlPlane,
     )?;
+    c.start_waypoint("waypoint")?;
     c.add_service("echo", "198.18.255.10", 80, 8081, "echo")?;
-    c.add_service("order-service", "198.18.255.11", 80, 8081, "order-service")?;
+    // `istio.io/use-waypoint` on the Service: its traffic goes through the waypoint, which speaks HTTP (8090).
+    c.add_service_spec(serde_json::json!({
+        "name": "order-service", "namespace": "default", "vip": "198.18.255.11",
+        "labels": {"istio.io/use-waypoint": "waypoint"},
+        "ports": [{"port": 80, "targetPort": 8090}], "selector": {"app": "order-service"},
+    }))?;
     seed_manifests(&c)?;
     let vip: SocketAddr = "198.18.255.10:80".parse()?;
     let sleep = c.pod("sleep").netns.clone();
@@ -123,6 +132,8 @@ fn main() -> Result<()> {
         "the control plane rejected part of the demo config:\n{analysis}"
     );
 
+    demo_waypoint(&c)?;
+
     let metrics = c.metrics(1)?;
     println!("\nnode2 ztunnel metrics (istio_tcp_connections_opened_total):");
     for l in metrics
@@ -173,6 +184,50 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The seed's VirtualService at work: requests to `order-service` split 90/10, `x-canary: true` always to v2.
+fn demo_waypoint(c: &Cluster) -> Result<()> {
+    let sleep = c.pod("sleep").netns.clone();
+    let vip: SocketAddr = "198.18.255.11:80".parse()?;
+    let routed = |r: &Reply| r.status == 200 && !r.header("x-version").is_empty();
+    poll(
+        "the waypoint to route order-service",
+        Duration::from_secs(20),
+        || request(&sleep, vip, Req::get("/")).ok().filter(routed),
+    )?;
+    let count = |replies: Vec<Result<Reply>>| {
+        let mut v = std::collections::BTreeMap::<String, usize>::new();
+        for r in replies {
+            let key = match r {
+                Ok(r) if routed(&r) => r.header("x-version").to_string(),
+                Ok(r) => format!("HTTP {}", r.status),
+                Err(e) => format!("error: {e}"),
+            };
+            *v.entry(key).or_default() += 1;
+        }
+        v
+    };
+    println!(
+        "
+waypoint (seed VirtualService + DestinationRule) for order-service (198.18.255.11:80):"
+    );
+    let plain = count(load(&sleep, vip, 1000, 8, |_| Req::get("/"))?);
+    println!("  1000 requests:                    {plain:?}");
+    let canary = count(load(&sleep, vip, 100, 4, |_| {
+        Req::get("/").header("x-canary", "true")
+    })?);
+    println!("  100 requests with x-canary: true: {canary:?}");
+    let bad = plain
+        .keys()
+        .chain(canary.keys())
+        .filter(|k| !k.starts_with('v'))
+        .count();
+    anyhow::ensure!(
+        bad == 0 && canary.len() == 1 && canary.contains_key("v2"),
+        "waypoint routing is off: {plain:?} {canary:?}"
+    );
+    Ok(())
+}
+
 /// The user's own manifests (the seed), unchanged, plus the two Services its TrafficSplit names.
 fn seed_manifests(c: &Cluster) -> Result<()> {
     let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/seed");
@@ -183,7 +238,7 @@ fn seed_manifests(c: &Cluster) -> Result<()> {
     }
     let svc = |name: &str, vip: &str, version: &str| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {vip}, selector: {{app: order-service, version: {version}}}, ports: [{{port: 80, targetPort: 8081}}]}}\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {vip}, selector: {{app: order-service, version: {version}}}, ports: [{{port: 80, targetPort: 8090}}]}}\n"
         )
     };
     let body = [

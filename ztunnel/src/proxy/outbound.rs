@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::{relay, Ends, Pod, ProxyCtx};
 use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
-use crate::state::TunnelProtocol;
+use crate::state::{Snapshot, TunnelProtocol, Upstream};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
@@ -28,11 +28,30 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         let snap = ctx.state.load();
         let td = &ctx.cfg.trust_domain;
         let src = snap.workload(&peer.ip()).cloned();
-        let upstream = snap.resolve(dst);
         let opened = std::time::Instant::now();
-        let Some(up) = upstream else {
-            passthrough(&ctx, &pod, &mut client, dst).await;
-            return;
+        // A waypoint-bound service is reached through its waypoint, which sees the service address as authority.
+        let (up, authority, hbone_addr) = match waypoint_of(&snap, dst, peer) {
+            Some(Some(wp)) => {
+                let addr = wp.addr;
+                (wp, dst, addr)
+            }
+            Some(None) => {
+                tracing::warn!("the service's waypoint is not a known workload; closing");
+                return;
+            }
+            None => match snap.resolve(dst) {
+                Some(up) => {
+                    let (authority, hbone) = (
+                        up.addr,
+                        SocketAddr::new(up.workload.ip, mesh_core::HBONE_PORT),
+                    );
+                    (up, authority, hbone)
+                }
+                None => {
+                    passthrough(&ctx, &pod, &mut client, dst).await;
+                    return;
+                }
+            },
         };
         let mut ends = Ends {
             reporter: Reporter::source,
@@ -76,7 +95,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         let key = PoolKey {
             src: src_id,
             dst: up.workload.identity(td),
-            dst_addr: SocketAddr::new(up.workload.ip, mesh_core::HBONE_PORT),
+            dst_addr: hbone_addr,
         };
         let meta = PeerMetadata {
             namespace: src.namespace.clone(),
@@ -88,7 +107,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             version: src.labels.get("version").cloned().unwrap_or_default(),
         };
         let req = ConnectRequest {
-            authority: up.addr,
+            authority,
             forwarded_for: peer,
             baggage: Some(meta.baggage()),
             traceparent: Some(new_traceparent()),
@@ -105,6 +124,24 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
     }
     .instrument(span)
     .await
+}
+
+/// `None` when `dst` is not a waypoint-bound service (or the caller is that waypoint itself); else the waypoint
+/// as an upstream whose `addr` is its HBONE address, or `Some(None)` when the waypoint cannot be resolved.
+fn waypoint_of(snap: &Snapshot, dst: SocketAddr, peer: SocketAddr) -> Option<Option<Upstream>> {
+    let (svc, _) = snap.service_by_vip(&dst.ip())?;
+    let wp = svc.waypoint?;
+    if wp.ip() == peer.ip() {
+        return None;
+    }
+    // Named by a workload IP, or by the VIP of the waypoint's own Service (then balanced over its pods).
+    Some(snap.resolve(wp).map(|mut up| {
+        if up.service.is_none() {
+            up.addr = wp;
+        }
+        up.service = Some(svc.clone());
+        up
+    }))
 }
 
 /// A destination outside the mesh: plain TCP from the pod's own address.

@@ -198,6 +198,24 @@ fn percentages_statuses_and_codes() {
         "directResponse.status",
     );
     rejected(&vs("  - route: [{destination: {host: a}}]\n    retries: {attempts: 2, retryOn: \"sometimes\"}\n"), "unknown retry condition");
+    rejected(&vs("  - route: [{destination: {host: a}}]\n    mirrors: [{destination: {host: m}, percentage: {value: 101}}]\n"), "spec.http[0].mirrors[0].percentage.value");
+    rejected(
+        &vs("  - route: [{destination: {host: a}}]\n    mirror: {host: m}\n    mirrors: [{destination: {host: n}}]\n"),
+        "spec.http[0].mirrors: cannot be combined with mirror",
+    );
+    rejected(
+        &vs("  - redirect: {redirectCode: 302}\n"),
+        "one of uri, authority, scheme or port is required",
+    );
+    rejected(
+        &vs("  - redirect: {scheme: https, port: 0}\n"),
+        "redirect.port",
+    );
+    rejected(
+        &vs("  - directResponse: {status: 200, body: {bytes: \"not base64!\"}}\n"),
+        "directResponse.body.bytes: invalid base64",
+    );
+    valid(&vs("  - redirect: {scheme: https, port: 8443}\n  - directResponse: {status: 200, body: {bytes: aGk=}}\n"));
 }
 
 const DR_HEAD: &str = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: order\n";
@@ -551,6 +569,11 @@ fn gateway_api_routes() {
     let Object::HttpRoute(r) = &objects[0] else {
         panic!("not an HTTPRoute")
     };
+    valid(&ROUTE_HEAD.replace("group: \"\"", "group: core"));
+    rejected(
+        &ROUTE_HEAD.replace("group: \"\"", "group: apps"),
+        "spec.parentRefs[0].kind: must be a Gateway",
+    );
     let rule = &r.spec.rules[0];
     assert_eq!(
         rule.matches[0].path.as_ref().map(|p| p.type_),

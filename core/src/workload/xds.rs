@@ -1,14 +1,14 @@
 //! ztunnel's side of delta xDS: `istio.workload.Address` resources become the state snapshot.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use mesh_core::control::XdsHandler;
+use crate::control::XdsHandler;
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use mesh_proto::istio::workload::{address, Address};
 use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
-use crate::state::{
+use crate::workload::state::{
     LocalState, Service, ServicePort, Snapshot, StateStore, TunnelProtocol, Workload,
     WorkloadStatus,
 };
@@ -100,6 +100,28 @@ fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
     }
 }
 
+/// A waypoint named by address (the form this control plane sends). A waypoint named by hostname is resolved
+/// by Istio's own ztunnel through DNS-like lookups this mesh does not do, so it is refused rather than ignored.
+fn waypoint(
+    gw: Option<&mesh_proto::istio::workload::GatewayAddress>,
+    what: &str,
+) -> Result<Option<SocketAddr>, String> {
+    use mesh_proto::istio::workload::gateway_address::Destination;
+    let Some(gw) = gw else { return Ok(None) };
+    let port = match gw.hbone_mtls_port {
+        0 => crate::HBONE_PORT,
+        p => u16::try_from(p).map_err(|_| format!("{what}: waypoint port {p} out of range"))?,
+    };
+    match &gw.destination {
+        Some(Destination::Address(a)) => Ok(Some(SocketAddr::new(ip(&a.address, what)?, port))),
+        Some(Destination::Hostname(h)) => Err(format!(
+            "{what}: waypoint {}/{} named by hostname is not supported; send its address",
+            h.namespace, h.hostname
+        )),
+        None => Err(format!("{what}: waypoint without a destination")),
+    }
+}
+
 /// Istio's workload API as the state's shape.
 pub fn to_local_state<'a>(
     addresses: impl Iterator<Item = &'a Address>,
@@ -179,6 +201,7 @@ pub fn to_local_state<'a>(
                         .collect(),
                     selector: BTreeMap::new(),
                     hostname: Some(s.hostname.clone()),
+                    waypoint: waypoint(s.waypoint.as_ref(), &what)?,
                 });
             }
             None => return Err("Address with neither workload nor service".into()),

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use mesh_core::ca::{CaError, CertificateAuthority};
-use mesh_core::control::{ControlError, ControlPlane};
-use mesh_core::identity::Identity;
-use mesh_core::tls::{TlsError, WorkloadCert};
+use crate::ca::{CaError, CertificateAuthority};
+use crate::control::{ControlError, ControlPlane};
+use crate::identity::Identity;
+use crate::tls::{TlsError, WorkloadCert};
 use rustls::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use super::waypoint::waypoint_address;
 use super::{
-    resolve_host, ConfigSet, Destination, Diagnostic, Kind, ObjectKey, ObjectMeta, Severity,
-    LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT_NAMESPACE,
+    resolve_host, ConfigSet, Destination, Diagnostic, Gateway, Kind, ObjectKey, ObjectMeta,
+    Severity, LABEL_GATEWAY_NAME, LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT_NAMESPACE,
 };
+
+mod routing;
 
 /// Run every check; diagnostics carry the file of the object they are about.
 pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
@@ -21,6 +24,8 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     a.waypoints();
     a.authorization_policies();
     a.routes();
+    a.routing_conflicts();
+    a.unsupported_by_waypoint();
     a.out
 }
 
@@ -52,9 +57,30 @@ impl Analysis<'_> {
             .then_some((name, namespace))
     }
 
+    /// `name.namespace` is not a Service name in Istio's eyes (a short name or `name.namespace.svc[.cluster.local]`
+    /// is): Istio takes it for an external host, so it silently routes nowhere. Say so when that Service exists.
+    fn partial_name(&mut self, kind: Kind, meta: &ObjectMeta, path: String, host: &str) {
+        let Some((name, ns)) = host.split_once('.') else {
+            return;
+        };
+        if ns.contains('.') || host.contains('*') || self.set.service(ns, name).is_none() {
+            return;
+        }
+        let reason = format!(
+            "host {host:?} does not name Service {name} in namespace {ns} (Istio reads it as an external host): write {name}.{ns}.svc.cluster.local"
+        );
+        self.push(Severity::Warning, kind, meta, path, reason);
+    }
+
     fn destination_rules(&mut self) {
         for dr in self.set.destination_rules() {
             let ns = &dr.metadata.namespace;
+            self.partial_name(
+                Kind::DestinationRule,
+                &dr.metadata,
+                "spec.host".into(),
+                &dr.spec.host,
+            );
             if let Some((name, namespace)) = self.service_missing(&dr.spec.host, ns) {
                 let reason = format!(
                     "host {:?}: no Service {name} in namespace {namespace}",
@@ -112,6 +138,7 @@ impl Analysis<'_> {
 
     fn check_destination(&mut self, meta: &ObjectMeta, path: String, d: &Destination) {
         let ns = &meta.namespace;
+        self.partial_name(Kind::VirtualService, meta, format!("{path}.host"), &d.host);
         if let Some((name, namespace)) = self.service_missing(&d.host, ns) {
             let reason = format!(
                 "host {:?}: no Service {name} in namespace {namespace}",
@@ -157,6 +184,7 @@ impl Analysis<'_> {
         for vs in self.set.virtual_services() {
             let meta = &vs.metadata;
             for (i, host) in vs.spec.hosts.iter().enumerate() {
+                self.partial_name(Kind::VirtualService, meta, format!("spec.hosts[{i}]"), host);
                 if let Some((name, namespace)) = self.service_missing(host, &meta.namespace) {
                     let reason =
                         format!("host {host:?}: no Service {name} in namespace {namespace}");
@@ -275,9 +303,30 @@ impl Analysis<'_> {
                     );
                     self.push(Severity::Warning, kind, meta, path, reason);
                 }
-                Some(_) => {}
+                Some(gw) => {
+                    if let Some(reason) = self.waypoint_unusable(kind, gw) {
+                        self.push(Severity::Warning, kind, meta, path, reason);
+                    }
+                }
             }
         }
+    }
+
+    /// Why traffic will not reach an existing waypoint yet: it has no address, or (named by a Service) it does not
+    /// take Service traffic.
+    fn waypoint_unusable(&self, kind: Kind, gw: &Gateway) -> Option<String> {
+        let (ns, name) = (&gw.metadata.namespace, &gw.metadata.name);
+        if waypoint_address(self.set, ns, name).is_none() {
+            return Some(format!(
+                "waypoint Gateway {ns}/{name} has no address yet (no Service with a cluster IP or Pod with an IP labelled {LABEL_GATEWAY_NAME}: {name}): traffic bypasses it"
+            ));
+        }
+        (kind == Kind::Service && !gw.serves_services()).then(|| {
+            format!(
+                "waypoint Gateway {ns}/{name} is for {:?} traffic, not services (label istio.io/waypoint-for): the Service's traffic bypasses it",
+                gw.waypoint_for()
+            )
+        })
     }
 
     fn authorization_policies(&mut self) {

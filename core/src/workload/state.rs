@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::identity::Identity;
 use arc_swap::ArcSwap;
-use mesh_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
-    Load(#[from] mesh_core::config::ConfigError),
+    Load(#[from] crate::config::ConfigError),
     #[error("{kind} {namespace}/{name}: field {field}: {reason}")]
     Invalid {
         kind: &'static str,
@@ -91,6 +91,9 @@ pub struct Service {
     /// xDS mode: the FQDN that workloads name in their `services` map (key `<namespace>/<hostname>`).
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The waypoint (its HBONE address) that traffic to this service must traverse.
+    #[serde(default)]
+    pub waypoint: Option<SocketAddr>,
 }
 
 impl Service {
@@ -137,6 +140,8 @@ pub struct Snapshot {
     pub source: LocalState,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_vip: HashMap<IpAddr, (Arc<Service>, Vec<Arc<Workload>>)>,
+    /// Service key (`<namespace>/<hostname>`) → VIP.
+    by_key: HashMap<String, IpAddr>,
     /// The service each workload is reported under (telemetry, baggage), computed here, not per connection.
     service_of: HashMap<IpAddr, Arc<Service>>,
     rr: AtomicUsize,
@@ -186,6 +191,7 @@ impl Snapshot {
             }
         }
         let mut by_vip = HashMap::new();
+        let mut by_service_key = HashMap::new();
         let mut service_of: HashMap<IpAddr, Arc<Service>> = HashMap::new();
         for s in &source.services {
             if s.ports.is_empty() {
@@ -215,12 +221,16 @@ impl Snapshot {
                 .filter(|w| w.status == WorkloadStatus::Healthy)
                 .collect();
             endpoints.sort_by_key(|w| w.ip);
+            if let Some(k) = s.key() {
+                by_service_key.insert(k, s.vip);
+            }
             by_vip.insert(s.vip, (svc, endpoints));
         }
         Ok(Self {
             source,
             by_ip,
             by_vip,
+            by_key: by_service_key,
             service_of,
             rr: AtomicUsize::new(0),
         })
@@ -239,13 +249,7 @@ impl Snapshot {
             }
             let i = self.rr.fetch_add(1, Ordering::Relaxed) % endpoints.len();
             let w = endpoints[i].clone();
-            // The workload's own target port (a named targetPort resolves per pod), else the service's.
-            let own = svc
-                .key()
-                .and_then(|k| w.services.get(&k))
-                .and_then(|ports| ports.iter().find(|p| p.port == port.port))
-                .and_then(|p| p.target_port);
-            let target = own.or(port.target_port).unwrap_or(port.port);
+            let target = Self::target_port(svc, &w, port.port)?;
             return Some(Upstream {
                 addr: SocketAddr::new(w.ip, target),
                 workload: w,
@@ -257,6 +261,29 @@ impl Snapshot {
             addr: dst,
             service: None,
         })
+    }
+
+    /// A service by VIP, with its healthy endpoints (sorted by IP).
+    pub fn service_by_vip(&self, vip: &IpAddr) -> Option<(&Arc<Service>, &[Arc<Workload>])> {
+        self.by_vip.get(vip).map(|(s, e)| (s, e.as_slice()))
+    }
+
+    /// A service by key `<namespace>/<hostname>`, with its healthy endpoints.
+    pub fn service_by_key(&self, key: &str) -> Option<(&Arc<Service>, &[Arc<Workload>])> {
+        self.by_key
+            .get(key)
+            .and_then(|vip| self.service_by_vip(vip))
+    }
+
+    /// The port on `w` that `service_port` of `svc` reaches (a named targetPort resolves per workload).
+    pub fn target_port(svc: &Service, w: &Workload, service_port: u16) -> Option<u16> {
+        let port = svc.ports.iter().find(|p| p.port == service_port)?;
+        let own = svc
+            .key()
+            .and_then(|k| w.services.get(&k))
+            .and_then(|ports| ports.iter().find(|p| p.port == port.port))
+            .and_then(|p| p.target_port);
+        Some(own.or(port.target_port).unwrap_or(port.port))
     }
 
     /// The service a workload belongs to (first by name), for telemetry.
@@ -297,7 +324,7 @@ impl StateStore {
 }
 
 pub fn read_file(path: &Path) -> Result<Snapshot, StateError> {
-    let local: LocalState = mesh_core::config::load_yaml(path)?;
+    let local: LocalState = crate::config::load_yaml(path)?;
     Snapshot::build(local)
 }
 

@@ -1,0 +1,456 @@
+//! The waypoint with the user's seed manifests, unchanged: real control plane, ztunnels, waypoint and apps in
+//! network namespaces. ztunnel sends traffic for the waypoint-bound `order-service` to the waypoint, which
+//! routes each request.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mesh_tests::http::{load, request, Reply, Req};
+use mesh_tests::net::exchange;
+use mesh_tests::{bin, poll, require_netns, Cluster, Mode, PodSpec};
+
+const VIP: &str = "198.18.255.30";
+const SERVICE: &str = "default/order-service.default.svc.cluster.local";
+const SEED_VS: &str = include_str!("../../control/tests/seed/virtualservice-order-service.yaml");
+const SEED_DR: &str = include_str!("../../control/tests/seed/destinationrule-order-service.yaml");
+const SEED_TS: &str = include_str!("../../control/tests/seed/trafficsplit-order-canary.yaml");
+
+fn order_pod(name: &str, node: usize, version: &str) -> PodSpec {
+    PodSpec::mesh(name, node).with_labels(&[("app", "order-service"), ("version", version)])
+}
+
+fn service(name: &str, vip: &str, selector: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "namespace": "default", "vip": vip, "selector": selector,
+        "ports": [
+            {"port": 80, "targetPort": 8090},
+            {"port": 81, "targetPort": 8080},
+            {"port": 9000, "targetPort": 8091},
+        ],
+    })
+}
+
+/// client on node1; order-service v1 on both nodes, v2 on node2; the namespace's waypoint on node2.
+fn order_cluster() -> Cluster {
+    let mut c = Cluster::start_with(
+        2,
+        vec![
+            PodSpec::mesh("client", 0),
+            order_pod("order-v1a", 1, "v1"),
+            order_pod("order-v1b", 0, "v1"),
+            order_pod("order-v2", 1, "v2"),
+            PodSpec::waypoint("waypoint", 1),
+        ],
+        Mode::ControlPlane,
+    )
+    .expect("cluster starts");
+    c.namespace_labels
+        .push(("istio.io/use-waypoint".into(), "waypoint".into()));
+    c.start_waypoint("waypoint").expect("waypoint starts");
+    let app = |v: Option<&str>| match v {
+        Some(v) => serde_json::json!({"app": "order-service", "version": v}),
+        None => serde_json::json!({"app": "order-service"}),
+    };
+    c.add_service_spec(service("order-service", VIP, app(None)))
+        .unwrap();
+    c.add_service_spec(service(
+        "order-service-stable",
+        "198.18.255.31",
+        app(Some("v1")),
+    ))
+    .unwrap();
+    c.add_service_spec(service(
+        "order-service-canary",
+        "198.18.255.32",
+        app(Some("v2")),
+    ))
+    .unwrap();
+    c
+}
+
+fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), port)
+}
+
+fn versions(replies: &[anyhow::Result<Reply>]) -> (usize, usize, Vec<String>) {
+    let mut v2 = 0;
+    let mut errors = Vec::new();
+    for r in replies {
+        match r {
+            Ok(r) if r.status == 200 => v2 += usize::from(r.header("x-version") == "v2"),
+            Ok(r) => errors.push(format!("{} {}", r.status, r.body.trim())),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (replies.len(), v2, errors)
+}
+
+/// Within 4.5 standard deviations of a binomial with `p`: fails for a real skew, not by chance.
+fn assert_split(n: usize, hits: usize, p: f64, what: &str) {
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    let expected = n as f64 * p;
+    assert!(
+        (hits as f64 - expected).abs() < 4.5 * sd,
+        "{what}: {hits} of {n}, expected {expected:.0} ± {:.0}",
+        4.5 * sd
+    );
+}
+
+fn metric(text: &str, name: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn wait_routed(c: &Cluster) {
+    wait_ok(c, vip(80));
+}
+
+/// Polls until `addr` answers 200; on timeout, says what it answered last.
+fn wait_ok(c: &Cluster, addr: SocketAddr) {
+    let client = c.pod("client").netns.clone();
+    let mut last = None;
+    poll("a routed request", Duration::from_secs(20), || {
+        let r = request(&client, addr, Req::get("/"));
+        let ok = r.as_ref().is_ok_and(|r| r.status == 200);
+        last = Some(r);
+        ok.then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: last answer {last:?}\nwaypoint: {}",
+            c.waypoint_log("waypoint")
+        )
+    });
+}
+
+#[test]
+fn seed_routes_split_90_10_canary_header_wins_and_traffic_split_takes_over_without_loss() {
+    require_netns!();
+    let c = order_cluster();
+    c.apply("vs.yaml", SEED_VS).unwrap();
+    c.apply("dr.yaml", SEED_DR).unwrap();
+    c.wait_l7("waypoint", SERVICE, |s| {
+        s["routes"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .unwrap();
+    wait_routed(&c);
+    let client = c.pod("client").netns.clone();
+
+    let replies = load(&client, vip(80), 10_000, 16, |_| Req::get("/")).unwrap();
+    let (n, v2, errors) = versions(&replies);
+    assert!(
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_split(n, v2, 0.10, "VirtualService 90/10");
+
+    let replies = load(&client, vip(80), 500, 8, |_| {
+        Req::get("/").header("x-canary", "true")
+    })
+    .unwrap();
+    let (n, v2, errors) = versions(&replies);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(v2, n, "every x-canary request reaches v2");
+
+    // Istio's waypoint metrics, by version.
+    let m = c.waypoint_metrics("waypoint").unwrap();
+    assert!(
+        metric(
+            &m,
+            "istio_requests_total",
+            &[
+                "reporter=\"waypoint\"",
+                "destination_version=\"v2\"",
+                "response_code=\"200\""
+            ]
+        ) >= 1000.0,
+        "{m}"
+    );
+
+    // Swap the VirtualService for the seed's TrafficSplit while requests are in flight: none is lost.
+    let load_ns = client.clone();
+    let during =
+        std::thread::spawn(move || load(&load_ns, vip(80), 3_000, 8, |_| Req::get("/")).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    c.apply("ts.yaml", SEED_TS).unwrap();
+    c.delete("vs.yaml").unwrap();
+    let (_, _, errors) = versions(&during.join().unwrap());
+    assert!(
+        errors.is_empty(),
+        "requests lost during the config change: {errors:?}"
+    );
+    c.wait_l7("waypoint", SERVICE, |s| {
+        s["sources"].as_array().is_some_and(|src| {
+            src.iter()
+                .any(|x| x.as_str().unwrap_or("").contains("TrafficSplit"))
+        })
+    })
+    .unwrap();
+    let replies = load(&client, vip(80), 10_000, 16, |_| Req::get("/")).unwrap();
+    let (n, v2, errors) = versions(&replies);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_split(n, v2, 0.10, "TrafficSplit 900/100");
+}
+
+#[test]
+fn grpc_and_opaque_tcp_pass_through_the_waypoint() {
+    require_netns!();
+    let c = order_cluster();
+    wait_routed(&c);
+    let client = c.pod("client").netns.clone();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client])
+        .arg(bin("mesh-testapp").unwrap())
+        .args(["grpc-check", &vip(9000).to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Serving"),
+        "gRPC health check through the waypoint: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = c.waypoint_metrics("waypoint").unwrap();
+    assert!(
+        metric(
+            &m,
+            "istio_requests_total",
+            &["request_protocol=\"grpc\"", "response_code=\"200\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    // Not HTTP: forwarded as bytes to an endpoint.
+    let echoed = exchange(&client, vip(81), b"opaque bytes \x00\x01").unwrap();
+    assert_eq!(echoed, b"opaque bytes \x00\x01");
+}
+
+fn served(c: &Cluster, pod: &str) -> u64 {
+    let client = c.pod("client").netns.clone();
+    let ip = c.pod(pod).ip;
+    let r = request(
+        &client,
+        SocketAddr::new(ip, 8090),
+        Req::get("/control/stats"),
+    )
+    .unwrap();
+    r.body
+        .trim()
+        .strip_prefix("served=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad stats: {}", r.body))
+}
+
+fn set_failing(c: &Cluster, pod: &str, count: i64) {
+    let client = c.pod("client").netns.clone();
+    let ip = c.pod(pod).ip;
+    let r = request(
+        &client,
+        SocketAddr::new(ip, 8090),
+        Req::post(&format!("/control/fail?status=503&count={count}")),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_pod_for_the_base_ejection_time() {
+    require_netns!();
+    let c = order_cluster();
+    // The seed's rule with a shorter ejection, so the test sees the host return.
+    let dr = SEED_DR
+        .replace("baseEjectionTime: 30s", "baseEjectionTime: 12s")
+        .replace("interval: 30s", "interval: 1s");
+    c.apply("dr.yaml", &dr).unwrap();
+    c.apply("vs.yaml", SEED_VS).unwrap();
+    c.wait_l7("waypoint", SERVICE, |s| {
+        s["routes"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .unwrap();
+    wait_routed(&c);
+    let client = c.pod("client").netns.clone();
+    let bad = c.pod("order-v1a").ip.to_string();
+    set_failing(&c, "order-v1a", -1);
+    // Five 503s in a row eject it; Istio's default retry hides them from the client.
+    let ejected = poll("order-v1a ejected", Duration::from_secs(30), || {
+        let replies = load(&client, vip(80), 20, 2, |_| Req::get("/")).ok()?;
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)),
+            "retries hide the failing pod"
+        );
+        let dump = c.waypoint_dump("waypoint").ok()?;
+        dump["clusters"]
+            .as_array()?
+            .iter()
+            .find(|cl| {
+                cl["name"].as_str().unwrap_or("").contains("|stable|")
+                    && cl["ejected"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|ip| ip == bad.as_str()))
+            })
+            .map(|_| Instant::now())
+    })
+    .unwrap();
+    set_failing(&c, "order-v1a", 0);
+    let before = served(&c, "order-v1a");
+    let replies = load(&client, vip(80), 300, 4, |_| Req::get("/")).unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
+    assert!(
+        ejected.elapsed() < Duration::from_secs(12),
+        "the check ran within the ejection"
+    );
+    assert_eq!(
+        served(&c, "order-v1a"),
+        before,
+        "an ejected host receives no traffic"
+    );
+    // After the base ejection time it is back.
+    poll(
+        "order-v1a back in rotation",
+        Duration::from_secs(30),
+        || {
+            load(&client, vip(80), 20, 2, |_| Req::get("/")).ok()?;
+            (served(&c, "order-v1a") > before).then_some(())
+        },
+    )
+    .unwrap();
+    assert!(
+        ejected.elapsed() >= Duration::from_secs(11),
+        "came back after {:?}",
+        ejected.elapsed()
+    );
+}
+
+const SLOW_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: order-service-stable}
+spec:
+  host: order-service-stable
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+";
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn circuit_breaker_overflow_fails_fast_with_503_uo_and_bounded_memory() {
+    require_netns!();
+    let c = order_cluster();
+    c.apply("dr-stable.yaml", SLOW_DR).unwrap();
+    c.wait_l7(
+        "waypoint",
+        "default/order-service-stable.default.svc.cluster.local",
+        |_| true,
+    )
+    .unwrap();
+    let client = c.pod("client").netns.clone();
+    let stable: SocketAddr = "198.18.255.31:80".parse().unwrap();
+    wait_ok(&c, stable);
+    // 1 connection + 1 pending: of 20 concurrent slow requests, the rest overflow at once.
+    let replies = load(&client, stable, 20, 20, |_| Req::get("/delay/1500")).unwrap();
+    let ok = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 200))
+        .count();
+    let fast_uo = replies
+        .iter()
+        .filter(|r| {
+            r.as_ref().is_ok_and(|r| {
+                r.status == 503
+                    && r.body.contains("overflow")
+                    && r.elapsed < Duration::from_millis(1000)
+            })
+        })
+        .count();
+    assert!(
+        ok >= 1 && fast_uo >= 15,
+        "ok {ok}, fast overflows {fast_uo}: {replies:?}"
+    );
+    let m = c.waypoint_metrics("waypoint").unwrap();
+    assert!(
+        metric(
+            &m,
+            "istio_requests_total",
+            &["response_flags=\"UO\"", "response_code=\"503\""]
+        ) >= 15.0,
+        "{m}"
+    );
+
+    // Overflowing does not queue without bound: memory stays flat over thousands of refused requests.
+    let pid = c.child_pid("waypoint").unwrap();
+    let warm = load(&client, stable, 500, 50, |_| Req::get("/delay/200")).unwrap();
+    drop(warm);
+    let before = rss_kib(pid);
+    let replies = load(&client, stable, 4_000, 50, |_| Req::get("/delay/200")).unwrap();
+    let after = rss_kib(pid);
+    let uo = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 503))
+        .count();
+    assert!(uo >= 3_000, "{uo} overflowed");
+    assert!(
+        after < before + 16 * 1024,
+        "waypoint RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+const RETRY_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: stable}
+spec:
+  hosts: [order-service-stable]
+  http:
+  - match: [{uri: {prefix: /delay}}]
+    timeout: 300ms
+    route: [{destination: {host: order-service-stable}}]
+  - retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: order-service-stable}}]
+";
+
+#[test]
+fn retries_and_timeouts_are_observable_from_the_client() {
+    require_netns!();
+    let c = order_cluster();
+    c.apply("vs-stable.yaml", RETRY_VS).unwrap();
+    c.wait_l7(
+        "waypoint",
+        "default/order-service-stable.default.svc.cluster.local",
+        |s| s["routes"].as_array().is_some_and(|r| r.len() == 2),
+    )
+    .unwrap();
+    let client = c.pod("client").netns.clone();
+    let stable: SocketAddr = "198.18.255.31:80".parse().unwrap();
+    wait_ok(&c, stable);
+    // Three of the four attempts the route allows fail: the client still gets a 200.
+    set_failing(&c, "order-v1a", 2);
+    set_failing(&c, "order-v1b", 1);
+    let before = served(&c, "order-v1a") + served(&c, "order-v1b");
+    let r = request(&client, stable, Req::get("/")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let attempts = served(&c, "order-v1a") + served(&c, "order-v1b") - before;
+    assert!(
+        attempts >= 3,
+        "the failed attempts reached the pods: {attempts}"
+    );
+    // The route's timeout cuts a slow answer short.
+    let r = request(&client, stable, Req::get("/delay/3000")).unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.elapsed < Duration::from_millis(2000), "{:?}", r.elapsed);
+}

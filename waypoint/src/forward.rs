@@ -1,0 +1,444 @@
+//! Sends a routed request to its destination: the cluster's circuit breakers, the load balancer, outlier
+//! detection, retries and timeouts, and the upstream connection over HBONE. Opaque TCP is forwarded here too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use mesh_core::hbone::{new_traceparent, ConnectRequest, PoolKey};
+use mesh_core::workload::state::{Snapshot, TunnelProtocol, Workload};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::cluster::{admit, Cluster, ClusterKey, Outcome};
+use crate::metrics::ResponseFlags;
+use crate::proxy::Downstream;
+use crate::routes::{Destination, Limits, RetryPolicy};
+use crate::upstream::{Body, BoxError, Checkout, Io, PoolError};
+use crate::Ctx;
+
+/// The request as it goes upstream (every attempt is built from it).
+pub struct Template {
+    pub method: Method,
+    pub path: String,
+    pub authority: String,
+    pub headers: HeaderMap,
+}
+
+/// A request body: buffered (so it can be retried and mirrored) or streamed once.
+pub enum Payload {
+    Buffered(Bytes),
+    Stream(Option<Incoming>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Self::Buffered(b) => Some(full(b.clone())),
+            Self::Stream(s) => s
+                .take()
+                .map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+}
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// What came back, and how to report it.
+pub struct Forwarded {
+    pub resp: Response<Body>,
+    pub flags: ResponseFlags,
+    pub upstream: Option<Arc<Workload>>,
+}
+
+/// A reply made by the waypoint itself (Envoy's local replies: status, short text body, response flag).
+pub fn local(status: StatusCode, body: &str, flags: ResponseFlags) -> Forwarded {
+    let resp = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(full(Bytes::from(body.to_string())))
+        .expect("static response parts are valid");
+    Forwarded {
+        resp,
+        flags,
+        upstream: None,
+    }
+}
+
+enum AttemptError {
+    Overflow,
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+/// Forwards with the route's retries, bounded by its overall timeout (504 UT when it passes).
+pub async fn forward(
+    ctx: &Ctx,
+    down: &Downstream,
+    dest: &Destination,
+    t: &Template,
+    payload: Payload,
+    retry: &RetryPolicy,
+    timeout: Option<Duration>,
+) -> Forwarded {
+    let attempts = attempts(ctx, down, dest, t, payload, retry);
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempts).await {
+            Ok(f) => f,
+            Err(_) => local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                ResponseFlags::UT,
+            ),
+        },
+        None => attempts.await,
+    }
+}
+
+/// The cluster a destination names, with its healthy endpoints (restricted to the subset) and policy.
+fn cluster_for(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    dest: &Destination,
+    port: u16,
+) -> Option<(Arc<Cluster>, Vec<Arc<Workload>>, Limits)> {
+    let (_, endpoints) = snap.service_by_key(&dest.service)?;
+    let l7 = ctx.l7.load();
+    let routes = l7.config.services.get(&dest.service);
+    let subset = match (&dest.subset, routes) {
+        (Some(name), Some(r)) => Some(r.subsets.get(name)?),
+        // A subset no DestinationRule defines has no endpoints (Envoy: no cluster).
+        (Some(_), None) => return None,
+        (None, _) => None,
+    };
+    let endpoints: Vec<Arc<Workload>> = endpoints
+        .iter()
+        .filter(|w| subset.is_none_or(|s| s.addresses.contains(&w.ip)))
+        .cloned()
+        .collect();
+    let policy = routes
+        .map(|r| r.policy(dest.subset.as_deref()).for_port(port).clone())
+        .unwrap_or_default();
+    let key = ClusterKey {
+        service: dest.service.clone(),
+        subset: dest.subset.clone(),
+        port,
+    };
+    let limits = policy.limits.clone();
+    Some((
+        ctx.clusters.get(key, &policy, l7.generation),
+        endpoints,
+        limits,
+    ))
+}
+
+async fn attempts(
+    ctx: &Ctx,
+    down: &Downstream,
+    dest: &Destination,
+    t: &Template,
+    mut payload: Payload,
+    retry: &RetryPolicy,
+) -> Forwarded {
+    let snap = ctx.state.load();
+    let port = dest.port.unwrap_or(down.port);
+    let Some((cluster, endpoints, limits)) = cluster_for(ctx, &snap, dest, port) else {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            ResponseFlags::UH,
+        );
+    };
+    let Some(_active) = admit(&cluster.active_requests, limits.max_requests) else {
+        return overflow();
+    };
+    let svc = snap.service_by_key(&dest.service).map(|(s, _)| s.clone());
+    let h2 = down.h2 || limits.h2_upgrade;
+    let mut tried = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let Some((w, _lease)) = cluster.pick(&endpoints, &tried) else {
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                ResponseFlags::UH,
+            );
+        };
+        tried.push(w.ip);
+        let target = svc
+            .as_deref()
+            .and_then(|s| Snapshot::target_port(s, &w, port))
+            .unwrap_or(port);
+        let Some(body) = payload.take() else {
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request body already sent",
+                ResponseFlags::URX,
+            );
+        };
+        let once = send_once(ctx, down, &cluster, &limits, &w, target, t, body, h2);
+        let result = match retry.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, once)
+                .await
+                .unwrap_or(Err(AttemptError::Timeout)),
+            None => once.await,
+        };
+        let outcome = match &result {
+            Ok(r) => Outcome::Status(r.status().as_u16()),
+            Err(AttemptError::Overflow) => return overflow(),
+            Err(_) => Outcome::LocalFailure,
+        };
+        cluster.record(w.ip, outcome, endpoints.len());
+        let more = attempt < retry.attempts && payload.replayable() && retriable(retry, &result);
+        let budget = if more {
+            admit(&cluster.active_retries, limits.max_retries)
+        } else {
+            None
+        };
+        if budget.is_none() {
+            return finish(result, w, attempt > 0);
+        }
+        attempt += 1;
+        // Envoy's default back-off: 25 ms base, doubled per retry, jittered, at most 250 ms.
+        let base = 25u64 << attempt.min(3);
+        let jitter = rand::random::<u64>() % base.max(1);
+        tokio::time::sleep(Duration::from_millis((base + jitter).min(250))).await;
+        drop(budget);
+    }
+}
+
+fn overflow() -> Forwarded {
+    local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ResponseFlags::UO,
+    )
+}
+
+fn finish(
+    result: Result<Response<Incoming>, AttemptError>,
+    w: Arc<Workload>,
+    retried: bool,
+) -> Forwarded {
+    let mut f = match result {
+        Ok(resp) => Forwarded {
+            resp: resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+            flags: ResponseFlags::None,
+            upstream: None,
+        },
+        Err(AttemptError::Overflow) => overflow(),
+        Err(AttemptError::Connect(e)) => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, {e}"),
+            ResponseFlags::UF,
+        ),
+        Err(AttemptError::Reset(e)) => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("upstream connect error or disconnect/reset before headers. reset reason: {e}"),
+            ResponseFlags::UC,
+        ),
+        Err(AttemptError::Timeout) => {
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlags::UT)
+        }
+    };
+    if retried && f.resp.status().is_server_error() && f.flags == ResponseFlags::None {
+        f.flags = ResponseFlags::URX;
+    }
+    f.upstream = Some(w);
+    f
+}
+
+fn retriable(p: &RetryPolicy, result: &Result<Response<Incoming>, AttemptError>) -> bool {
+    let on = &p.on;
+    match result {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let grpc = r
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            (on.any_5xx && s >= 500)
+                || (on.gateway_error && matches!(s, 502..=504))
+                || (on.retriable_4xx && s == 409)
+                || on.status_codes.contains(&s)
+                || grpc.is_some_and(|g| on.grpc.contains(&g))
+        }
+        Err(AttemptError::Connect(_)) => on.connect_failure || on.any_5xx || on.gateway_error,
+        Err(AttemptError::Reset(_)) => on.reset || on.any_5xx || on.refused_stream,
+        Err(AttemptError::Timeout) => on.any_5xx || on.gateway_error,
+        Err(AttemptError::Overflow) => false,
+    }
+}
+
+/// Opens a byte stream to `w:port`: HBONE as the waypoint's identity when `w` is in the mesh, else TCP.
+pub async fn dial(
+    ctx: &Ctx,
+    down: &Downstream,
+    w: &Workload,
+    port: u16,
+    connect_timeout: Option<Duration>,
+) -> Result<Box<dyn Io>, String> {
+    let limit = connect_timeout.unwrap_or(ctx.cfg.pool.connect_timeout);
+    let addr = SocketAddr::new(w.ip, port);
+    let dialed = async {
+        if w.protocol == TunnelProtocol::None {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            return Ok(Box::new(s) as Box<dyn Io>);
+        }
+        let (cert, _) = ctx
+            .certs
+            .fetch(&ctx.identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = PoolKey {
+            src: ctx.identity.clone(),
+            dst: w.identity(&ctx.cfg.trust_domain),
+            dst_addr: SocketAddr::new(w.ip, mesh_core::HBONE_PORT),
+        };
+        let req = ConnectRequest {
+            authority: addr,
+            forwarded_for: down.client_addr,
+            baggage: None,
+            traceparent: Some(new_traceparent()),
+        };
+        let s = ctx
+            .pool
+            .connect(key, &cert, req)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(s) as Box<dyn Io>)
+    };
+    tokio::time::timeout(limit, dialed)
+        .await
+        .map_err(|_| format!("connect to {addr} timed out after {limit:?}"))?
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
+    ctx: &Ctx,
+    down: &Downstream,
+    cluster: &Cluster,
+    limits: &Limits,
+    w: &Workload,
+    port: u16,
+    t: &Template,
+    body: Body,
+    h2: bool,
+) -> Result<Response<Incoming>, AttemptError> {
+    if h2 {
+        let mut send = match cluster.h1.h2(w.ip) {
+            Some(s) => s,
+            None => {
+                let io = dial(ctx, down, w, port, limits.connect_timeout)
+                    .await
+                    .map_err(AttemptError::Connect)?;
+                cluster
+                    .h1
+                    .h2_handshake(w.ip, io)
+                    .await
+                    .map_err(|e| AttemptError::Connect(e.to_string()))?
+            }
+        };
+        let uri = format!("http://{}{}", t.authority, t.path);
+        let req = build(t, &uri, body, http::Version::HTTP_2)?;
+        return send
+            .send_request(req)
+            .await
+            .map_err(|e| AttemptError::Reset(e.to_string()));
+    }
+    let mut conn = match cluster.h1.checkout(w.ip, limits).await {
+        Ok(Checkout::Ready(c)) => c,
+        Ok(Checkout::Dial(slot)) => {
+            let io = dial(ctx, down, w, port, limits.connect_timeout)
+                .await
+                .map_err(AttemptError::Connect)?;
+            cluster
+                .h1
+                .handshake(slot, io)
+                .await
+                .map_err(|e| AttemptError::Connect(e.to_string()))?
+        }
+        Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
+        Err(PoolError::Timeout(_)) => return Err(AttemptError::Timeout),
+    };
+    let req = build(t, &t.path, body, http::Version::HTTP_11)?;
+    conn.send
+        .ready()
+        .await
+        .map_err(|e| AttemptError::Reset(e.to_string()))?;
+    let resp = conn
+        .send
+        .send_request(req)
+        .await
+        .map_err(|e| AttemptError::Reset(e.to_string()))?;
+    cluster.h1.release(w.ip, conn, limits);
+    Ok(resp)
+}
+
+fn build(
+    t: &Template,
+    uri: &str,
+    body: Body,
+    version: http::Version,
+) -> Result<Request<Body>, AttemptError> {
+    let mut req = Request::builder()
+        .method(t.method.clone())
+        .uri(uri)
+        .version(version)
+        .body(body)
+        .map_err(|e| AttemptError::Reset(format!("invalid upstream request: {e}")))?;
+    *req.headers_mut() = t.headers.clone();
+    if version == http::Version::HTTP_11 {
+        if let Ok(host) = http::HeaderValue::from_str(&t.authority) {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    } else {
+        req.headers_mut().remove(http::header::HOST);
+    }
+    Ok(req)
+}
+
+/// Non-HTTP traffic to a waypoint-bound service: bytes to one of its endpoints.
+pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream, mut io: S) {
+    let snap = ctx.state.load();
+    let dest = Destination {
+        service: down.service_key(),
+        subset: None,
+        port: Some(down.port),
+    };
+    let Some((cluster, endpoints, limits)) = cluster_for(ctx, &snap, &dest, down.port) else {
+        tracing::info!("opaque TCP to a service without endpoints; closing");
+        return;
+    };
+    let Some((w, _lease)) = cluster.pick(&endpoints, &[]) else {
+        tracing::info!("opaque TCP: no healthy upstream; closing");
+        return;
+    };
+    let target = Snapshot::target_port(&down.service, &w, down.port).unwrap_or(down.port);
+    match dial(ctx, down, &w, target, limits.connect_timeout).await {
+        Ok(mut up) => {
+            cluster.record(w.ip, Outcome::Status(200), endpoints.len());
+            if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut up).await {
+                tracing::debug!(error = %e, "opaque TCP ended with error");
+            }
+        }
+        Err(e) => {
+            cluster.record(w.ip, Outcome::LocalFailure, endpoints.len());
+            tracing::info!(error = %e, upstream = %w.ip, "opaque TCP: upstream unreachable");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The waypoint: the optional per-namespace L7 proxy of the ambient mesh.
+//!
+//! ztunnel sends traffic for a waypoint-bound service here over HBONE ([`proxy`]); the waypoint detects HTTP/1.1
+//! or HTTP/2, routes each request by the service's compiled L7 config ([`routes`], fed over xDS by [`xds`]),
+//! applies the destination's circuit breakers and outlier detection ([`cluster`]), and forwards it over HBONE to
+//! the chosen endpoint as its own identity ([`forward`], [`upstream`]). Other TCP is forwarded as bytes.
+
+pub mod cluster;
+pub mod config;
+pub mod forward;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod upstream;
+pub mod xds;
+
+use std::sync::Arc;
+
+use mesh_core::certs::{CertManager, Issuer};
+use mesh_core::drain::{Drain, DrainOutcome, DrainWatch};
+use mesh_core::hbone::Pool;
+use mesh_core::identity::Identity;
+use mesh_core::workload::state::StateStore;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::cluster::Clusters;
+use crate::config::Config;
+use crate::xds::L7Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Control(#[from] mesh_core::control::ControlError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every connection and request shares.
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub identity: Identity,
+    pub state: StateStore,
+    pub l7: L7Store,
+    pub certs: CertManager,
+    pub pool: Pool,
+    pub clusters: Clusters,
+    pub metrics: metrics::Metrics,
+    pub drain: DrainWatch,
+}
+
+/// How the waypoint introduces itself over xDS (Istio's node id shape for a waypoint).
+fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
+    mesh_proto::envoy::config::core::v3::Node {
+        id: format!(
+            "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
+            cfg.name, cfg.namespace, cfg.namespace
+        ),
+        ..Default::default()
+    }
+}
+
+pub struct Waypoint {
+    drain: Drain,
+    cfg: Arc<Config>,
+    pub ctx: Arc<Ctx>,
+}
+
+impl Waypoint {
+    pub async fn start(cfg: Config) -> Result<Self, StartError> {
+        let cfg = Arc::new(cfg);
+        let cp = cfg
+            .control_plane
+            .clone()
+            .expect("validated: a waypoint has a control plane");
+        let mut registry = Registry::default();
+        let metrics = metrics::Metrics::register(&mut registry);
+        let registry = Arc::new(registry);
+        let state = StateStore::default();
+        let l7 = L7Store::default();
+        tokio::spawn(mesh_core::control::run_xds(
+            cp.clone(),
+            xds_node(&cfg),
+            xds::WaypointHandler::new(state.clone(), l7.clone()),
+        ));
+        let issuer = Issuer::ControlPlane {
+            channel: cp.channel()?,
+            cp,
+        };
+        let drain = Drain::new();
+        let sockets: mesh_core::hbone::SocketFactory = Arc::new(|addr: &std::net::SocketAddr| {
+            let s = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            s.set_nodelay(true)?;
+            Ok(s)
+        });
+        let ctx = Arc::new(Ctx {
+            identity: cfg.identity(),
+            state,
+            l7,
+            certs: CertManager::new(issuer, cfg.certificate_ttl),
+            pool: Pool::new(
+                cfg.pool.clone(),
+                cfg.h2.clone(),
+                sockets,
+                metrics.hbone.clone(),
+            ),
+            clusters: Clusters::default(),
+            metrics,
+            drain: drain.watch(),
+            cfg: cfg.clone(),
+        });
+        let listen = |what: &'static str, addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    what,
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let hbone = listen("HBONE", cfg.hbone_addr).await?;
+        tokio::spawn(proxy::serve(ctx.clone(), hbone));
+        // Fetched ahead of the first connection, renewed at half-life.
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            while !c.drain.is_stopping() {
+                if let Err(e) = c.certs.fetch(&c.identity).await {
+                    tracing::warn!(identity = %c.identity, error = %e, "certificate fetch failed");
+                }
+                c.certs.renew_due().await;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        let servers = [
+            ("admin", cfg.admin_addr, proxy::admin_handler(ctx.clone())),
+            (
+                "metrics",
+                cfg.metrics_addr,
+                mesh_core::admin::metrics_handler(registry),
+            ),
+            (
+                "readiness",
+                cfg.readiness_addr,
+                mesh_core::admin::readiness_handler(ctx.drain.clone()),
+            ),
+        ];
+        for (what, addr, handler) in servers {
+            let l = listen(what, addr).await?;
+            tokio::spawn(mesh_core::admin::serve(l, handler, drain.watch()));
+        }
+        tracing::info!(identity = %ctx.identity, hbone = %cfg.hbone_addr, "waypoint started");
+        Ok(Self { drain, cfg, ctx })
+    }
+
+    /// Stops accepting, lets requests finish until the drain timeout, then closes them.
+    pub async fn shutdown(self) -> DrainOutcome {
+        let outcome = self.drain.drain(self.cfg.drain_timeout).await;
+        tracing::info!(?outcome, "waypoint drained");
+        outcome
+    }
+}

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The per-namespace L7 proxy of the mesh.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// YAML config file; environment variables override it.
+    #[arg(long, env = "WAYPOINT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    mesh_core::process::init_tracing();
+    let args = Args::parse();
+    mesh_core::socket::raise_fd_limit();
+    let cfg = waypoint::config::Config::load(args.config.as_deref())
+        .context("invalid waypoint config")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let wp = waypoint::Waypoint::start(cfg).await?;
+        mesh_core::process::shutdown_signal().await;
+        wp.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,122 @@
+//! The waypoint's request metrics with Istio's names and labels (`istio_requests_total`,
+//! `istio_request_duration_milliseconds`), reported as `reporter="waypoint"` like Istio's own waypoint.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use mesh_core::metrics::HboneMetrics;
+
+/// Envoy's response flags, as Istio reports them.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    None,
+    /// Upstream overflow: a circuit breaker was open.
+    UO,
+    /// No healthy upstream host.
+    UH,
+    /// Upstream connection failure.
+    UF,
+    /// Upstream request timeout.
+    UT,
+    /// Retry limit exceeded.
+    URX,
+    /// Upstream connection terminated (reset).
+    UC,
+    /// No route for the request.
+    NR,
+    /// Fault injection: aborted.
+    FI,
+    /// Fault injection: delayed.
+    DI,
+}
+
+impl ResponseFlags {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::UO => "UO",
+            Self::UH => "UH",
+            Self::UF => "UF",
+            Self::UT => "UT",
+            Self::URX => "URX",
+            Self::UC => "UC",
+            Self::NR => "NR",
+            Self::FI => "FI",
+            Self::DI => "DI",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResponseFlags {
+    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        e.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reporter {
+    waypoint,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Protocol {
+    http,
+    grpc,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: Protocol,
+    pub response_code: u16,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: &'static str,
+}
+
+/// Istio's default buckets for request durations.
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    ])
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub hbone: HboneMetrics,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            hbone: HboneMetrics::register(registry),
+        };
+        let istio = registry.sub_registry_with_prefix("istio");
+        istio.register("requests", "Requests handled", m.requests.clone());
+        istio.register(
+            "request_duration_milliseconds",
+            "Request duration",
+            m.duration.clone(),
+        );
+        m
+    }
+}
