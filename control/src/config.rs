@@ -60,6 +60,8 @@ pub struct Config {
     pub config_source: ConfigSource,
     /// SPIFFE trust domain (env `TRUST_DOMAIN`).
     pub trust_domain: String,
+    /// Istio's root namespace: policies there without a selector apply mesh-wide (env `ROOT_NAMESPACE`).
+    pub root_namespace: String,
     /// The watched directory of Kubernetes-style YAML (env `CONFIG_DIR`).
     pub config_dir: PathBuf,
     /// Where the self-signed root is generated on first start and kept (env `CA_DIR`).
@@ -93,6 +95,7 @@ impl Default for Config {
         Self {
             config_source: ConfigSource::Files,
             trust_domain: "cluster.local".into(),
+            root_namespace: crate::translate::DEFAULT_ROOT_NAMESPACE.into(),
             config_dir: PathBuf::from("/etc/mesh/config"),
             ca_dir: PathBuf::from("/var/lib/mesh/ca"),
             plugin_ca: None,
@@ -117,6 +120,7 @@ impl Config {
         };
         env_override("CONFIG_SOURCE", &mut cfg.config_source)?;
         env_override("TRUST_DOMAIN", &mut cfg.trust_domain)?;
+        env_override("ROOT_NAMESPACE", &mut cfg.root_namespace)?;
         env_override("CONFIG_DIR", &mut cfg.config_dir)?;
         env_override("CA_DIR", &mut cfg.ca_dir)?;
         env_override("GRPC_ADDR", &mut cfg.grpc_addr)?;

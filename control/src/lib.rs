@@ -8,6 +8,7 @@
 //! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model.
 //! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
 
+pub mod authz;
 pub mod ca;
 pub mod config;
 pub mod kube;

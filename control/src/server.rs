@@ -178,6 +178,7 @@ pub async fn run(
     let status = Arc::new(ArcSwap::from_pointee(Status::default()));
     let publisher = Publisher {
         trust_domain: cfg.trust_domain.clone(),
+        root_namespace: cfg.root_namespace.clone(),
         snapshots: snap_tx,
         nodes,
         status: status.clone(),
@@ -261,6 +262,7 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// Turns each new config into an xDS snapshot, the CA's node identities and the debug status.
 pub struct Publisher {
     pub trust_domain: String,
+    pub root_namespace: String,
     pub snapshots: watch::Sender<Arc<Snapshot>>,
     pub nodes: Arc<ArcSwap<NodeIdentities>>,
     pub status: Arc<ArcSwap<Status>>,
@@ -273,7 +275,7 @@ impl Publisher {
         log_diagnostics(diagnostics);
         self.rejected
             .set(diagnostics.iter().filter(|d| d.is_error()).count() as i64);
-        let out = crate::translate::translate(set, &self.trust_domain);
+        let out = crate::translate::translate_with(set, &self.trust_domain, &self.root_namespace);
         self.version += 1;
         tracing::info!(
             version = self.version,

@@ -166,7 +166,15 @@ fn service_address(set: &ConfigSet, s: &K8sService) -> Option<Resource> {
     }))
 }
 
+/// Istio's default root namespace: policies there apply mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
 pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
+    translate_with(set, trust_domain, DEFAULT_ROOT_NAMESPACE)
+}
+
+pub fn translate_with(set: &ConfigSet, trust_domain: &str, root_namespace: &str) -> Translated {
+    let mut authz = crate::authz::Translator::new(set, root_namespace);
     let mut addresses = BTreeMap::new();
     let mut nodes: BTreeMap<String, BTreeSet<Identity>> = BTreeMap::new();
     // Selection happens per namespace: index Services by it once.
@@ -230,6 +238,10 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
                 .unwrap_or_else(|| "latest".into()),
             workload_name: e.name.to_string(),
             services: backs,
+            authorization_policies: authz.bind(&crate::authz::WorkloadRef {
+                namespace: e.namespace,
+                labels: e.labels,
+            }),
             ..Default::default()
         };
         let addr = Address {
@@ -249,7 +261,13 @@ pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
         .collect();
     let mut resources = BTreeMap::new();
     resources.insert(ADDRESS_TYPE_URL.to_string(), addresses);
-    resources.insert(AUTHORIZATION_TYPE_URL.to_string(), BTreeMap::new());
+    let policies = authz
+        .out
+        .policies
+        .into_iter()
+        .map(|(name, p)| (name, Resource::new(&p)))
+        .collect();
+    resources.insert(AUTHORIZATION_TYPE_URL.to_string(), policies);
     resources.insert(L7_SERVICE_TYPE_URL.to_string(), l7);
     Translated {
         resources,

@@ -51,6 +51,19 @@ impl Cluster {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "default", "labels": ns_labels},
         })];
+        // Every other namespace the pods use is ambient too.
+        let others: std::collections::BTreeSet<&str> = self
+            .pods
+            .iter()
+            .map(|p| p.spec.namespace.as_str())
+            .filter(|ns| *ns != "default")
+            .collect();
+        for ns in others {
+            docs.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}},
+            }));
+        }
         for p in &self.pods {
             let mut labels: serde_json::Map<String, serde_json::Value> = p
                 .spec

@@ -184,6 +184,11 @@ impl PodSpec {
         }
     }
 
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
     pub fn with_labels(mut self, labels: &[(&str, &str)]) -> Self {
         self.labels = labels
             .iter()

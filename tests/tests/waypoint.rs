@@ -172,18 +172,20 @@ fn seed_routes_split_90_10_canary_header_wins_and_traffic_split_takes_over_witho
         "{m}"
     );
 
-    // Swap the VirtualService for the seed's TrafficSplit while requests are in flight: none is lost.
+    // Swap the VirtualService for the seed's TrafficSplit while requests are in flight: none is lost. The load
+    // runs until the waypoint holds the new config, so the swap happens under it.
     let load_ns = client.clone();
-    let during =
-        std::thread::spawn(move || load(&load_ns, vip(80), 3_000, 8, |_| Req::get("/")).unwrap());
-    std::thread::sleep(Duration::from_millis(300));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = stop.clone();
+    let during = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        while !running.load(std::sync::atomic::Ordering::Acquire) {
+            all.extend(load(&load_ns, vip(80), 200, 8, |_| Req::get("/")).unwrap());
+        }
+        all
+    });
     c.apply("ts.yaml", SEED_TS).unwrap();
     c.delete("vs.yaml").unwrap();
-    let (_, _, errors) = versions(&during.join().unwrap());
-    assert!(
-        errors.is_empty(),
-        "requests lost during the config change: {errors:?}"
-    );
     c.wait_l7("waypoint", SERVICE, |s| {
         s["sources"].as_array().is_some_and(|src| {
             src.iter()
@@ -191,6 +193,12 @@ fn seed_routes_split_90_10_canary_header_wins_and_traffic_split_takes_over_witho
         })
     })
     .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (n, _, errors) = versions(&during.join().unwrap());
+    assert!(
+        n >= 200 && errors.is_empty(),
+        "{n} requests, lost during the config change: {errors:?}"
+    );
     let replies = load(&client, vip(80), 10_000, 16, |_| Req::get("/")).unwrap();
     let (n, v2, errors) = versions(&replies);
     assert!(errors.is_empty(), "{errors:?}");

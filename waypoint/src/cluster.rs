@@ -192,8 +192,11 @@ impl Cluster {
             return false;
         }
         h.consecutive_5xx += 1;
+        // Envoy's gateway-error streak is broken by any other answer, a 500 included.
         if matches!(status, 502..=504) {
             h.consecutive_gateway += 1;
+        } else {
+            h.consecutive_gateway = 0;
         }
         let tripped = (od.consecutive_5xx > 0 && h.consecutive_5xx >= od.consecutive_5xx)
             || (od.consecutive_gateway > 0 && h.consecutive_gateway >= od.consecutive_gateway);
@@ -234,9 +237,13 @@ impl Host {
         });
         self.times_ejected = self.times_ejected.saturating_sub(healthy_intervals) + 1;
         let cap = od.base_ejection.max(Duration::from_secs(300));
-        let time = (od.base_ejection * self.times_ejected).min(cap);
-        self.ejected_until = Some(now + time);
-        self.last_unejected = Some(now + time);
+        let time = od
+            .base_ejection
+            .checked_mul(self.times_ejected)
+            .map_or(cap, |t| t.min(cap));
+        let until = now.checked_add(time);
+        self.ejected_until = until;
+        self.last_unejected = until;
         self.consecutive_5xx = 0;
         self.consecutive_gateway = 0;
     }
@@ -253,7 +260,8 @@ impl Clusters {
     pub fn get(&self, key: ClusterKey, policy: &Policy, generation: usize) -> Arc<Cluster> {
         let mut map = self.map.lock().expect("clusters lock");
         if let Some(c) = map.get(&key) {
-            if c.generation.swap(generation, Ordering::AcqRel) != generation {
+            // Only a newer config replaces the policy: a request still holding an older one must not undo it.
+            if c.generation.fetch_max(generation, Ordering::AcqRel) < generation {
                 c.policy.store(Arc::new(policy.clone()));
             }
             return c.clone();

@@ -76,6 +76,10 @@ pub fn local(status: StatusCode, body: &str, flags: ResponseFlags) -> Forwarded 
 
 enum AttemptError {
     Overflow,
+    /// No pooled connection freed up in time: the cluster's fault, not the host's.
+    PoolTimeout,
+    /// The request could not be built for the upstream: not the host's fault either.
+    Invalid(String),
     Connect(String),
     Reset(String),
     Timeout,
@@ -166,6 +170,7 @@ async fn attempts(
     let h2 = down.h2 || limits.h2_upgrade;
     let mut tried = Vec::new();
     let mut attempt = 0;
+    let mut retry_budget;
     loop {
         let Some((w, _lease)) = cluster.pick(&endpoints, &tried) else {
             return local(
@@ -175,10 +180,16 @@ async fn attempts(
             );
         };
         tried.push(w.ip);
-        let target = svc
+        let Some(target) = svc
             .as_deref()
             .and_then(|s| Snapshot::target_port(s, &w, port))
-            .unwrap_or(port);
+        else {
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no such port on the destination service",
+                ResponseFlags::UH,
+            );
+        };
         let Some(body) = payload.take() else {
             return local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -194,18 +205,22 @@ async fn attempts(
             None => once.await,
         };
         let outcome = match &result {
-            Ok(r) => Outcome::Status(r.status().as_u16()),
+            Ok(r) => Some(Outcome::Status(r.status().as_u16())),
             Err(AttemptError::Overflow) => return overflow(),
-            Err(_) => Outcome::LocalFailure,
+            Err(AttemptError::PoolTimeout | AttemptError::Invalid(_)) => None,
+            Err(_) => Some(Outcome::LocalFailure),
         };
-        cluster.record(w.ip, outcome, endpoints.len());
+        if let Some(o) = outcome {
+            cluster.record(w.ip, o, endpoints.len());
+        }
         let more = attempt < retry.attempts && payload.replayable() && retriable(retry, &result);
-        let budget = if more {
+        // The retry budget is held until the retry itself is done.
+        retry_budget = if more {
             admit(&cluster.active_retries, limits.max_retries)
         } else {
             None
         };
-        if budget.is_none() {
+        if retry_budget.is_none() {
             return finish(result, w, attempt > 0);
         }
         attempt += 1;
@@ -213,7 +228,6 @@ async fn attempts(
         let base = 25u64 << attempt.min(3);
         let jitter = rand::random::<u64>() % base.max(1);
         tokio::time::sleep(Duration::from_millis((base + jitter).min(250))).await;
-        drop(budget);
     }
 }
 
@@ -247,9 +261,14 @@ fn finish(
             &format!("upstream connect error or disconnect/reset before headers. reset reason: {e}"),
             ResponseFlags::UC,
         ),
-        Err(AttemptError::Timeout) => {
+        Err(AttemptError::Timeout | AttemptError::PoolTimeout) => {
             local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlags::UT)
         }
+        Err(AttemptError::Invalid(e)) => local(
+            StatusCode::BAD_REQUEST,
+            &format!("request cannot be forwarded: {e}"),
+            ResponseFlags::None,
+        ),
     };
     if retried && f.resp.status().is_server_error() && f.flags == ResponseFlags::None {
         f.flags = ResponseFlags::URX;
@@ -277,7 +296,7 @@ fn retriable(p: &RetryPolicy, result: &Result<Response<Incoming>, AttemptError>)
         Err(AttemptError::Connect(_)) => on.connect_failure || on.any_5xx || on.gateway_error,
         Err(AttemptError::Reset(_)) => on.reset || on.any_5xx || on.refused_stream,
         Err(AttemptError::Timeout) => on.any_5xx || on.gateway_error,
-        Err(AttemptError::Overflow) => false,
+        Err(AttemptError::Overflow | AttemptError::PoolTimeout | AttemptError::Invalid(_)) => false,
     }
 }
 
@@ -373,7 +392,7 @@ async fn send_once(
                 .map_err(|e| AttemptError::Connect(e.to_string()))?
         }
         Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
-        Err(PoolError::Timeout(_)) => return Err(AttemptError::Timeout),
+        Err(PoolError::Timeout(_)) => return Err(AttemptError::PoolTimeout),
     };
     let req = build(t, &t.path, body, http::Version::HTTP_11)?;
     conn.send
@@ -400,7 +419,7 @@ fn build(
         .uri(uri)
         .version(version)
         .body(body)
-        .map_err(|e| AttemptError::Reset(format!("invalid upstream request: {e}")))?;
+        .map_err(|e| AttemptError::Invalid(e.to_string()))?;
     *req.headers_mut() = t.headers.clone();
     if version == http::Version::HTTP_11 {
         if let Ok(host) = http::HeaderValue::from_str(&t.authority) {

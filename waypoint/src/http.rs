@@ -88,11 +88,12 @@ async fn route_request(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    // The verified peer identity, not the (forgeable) `Forwarded` address, says where the request comes from.
     let source_namespace = down
-        .client
+        .peer_identity
         .as_ref()
-        .map(|w| w.namespace.clone())
-        .or_else(|| down.peer_identity.as_ref().map(|i| i.namespace.clone()));
+        .map(|i| i.namespace.clone())
+        .or_else(|| down.client.as_ref().map(|w| w.namespace.clone()));
     let view = RequestView {
         method: &parts.method,
         path: &path,
@@ -150,7 +151,14 @@ async fn route_request(
         authority,
         headers,
     };
-    let payload = payload(ctx, body, route).await;
+    let Some(payload) = payload(ctx, body, route).await else {
+        let f = local(
+            StatusCode::BAD_REQUEST,
+            "request body incomplete",
+            ResponseFlags::DC,
+        );
+        return (f, key);
+    };
     if let Payload::Buffered(b) = &payload {
         for m in route.mirrors.iter().filter(|m| chance(m.percent)) {
             mirror(ctx, down, &m.dest, &t, b.clone());
@@ -228,7 +236,9 @@ fn rewrite(
     let Some(uri) = &rw.uri else {
         return (path, authority);
     };
-    let path = match matched.and_then(|m| m.uri.as_ref()) {
+    // Istio rewrites a route without a uri match as if it matched prefix "/".
+    let root = StrMatch::Prefix("/".into());
+    let path = match matched.and_then(|m| m.uri.as_ref()).or(Some(&root)) {
         Some(StrMatch::Prefix(p)) if !rw.full_path && path.starts_with(p.as_str()) => {
             let rest = &path[p.len()..];
             // Joining "/" + "/rest" must not double the slash.
@@ -250,20 +260,20 @@ fn rewrite(
 }
 
 /// Buffers small bodies so they can be retried and mirrored; streams the rest.
-async fn payload(ctx: &Ctx, body: Incoming, route: &Route) -> Payload {
+async fn payload(ctx: &Ctx, body: Incoming, route: &Route) -> Option<Payload> {
     let wants_copy = route.retry.attempts > 0 || !route.mirrors.is_empty();
     let small = body
         .size_hint()
         .upper()
         .is_some_and(|n| n <= ctx.cfg.max_buffered_body_bytes as u64);
     if !(wants_copy && small) {
-        return Payload::Stream(Some(body));
+        return Some(Payload::Stream(Some(body)));
     }
     match body.collect().await {
-        Ok(c) => Payload::Buffered(c.to_bytes()),
+        Ok(c) => Some(Payload::Buffered(c.to_bytes())),
         Err(e) => {
-            tracing::debug!(error = %e, "client body ended early");
-            Payload::Buffered(Bytes::new())
+            tracing::debug!(error = %e, "client body ended early; not forwarded");
+            None
         }
     }
 }
@@ -274,7 +284,7 @@ fn mirror(ctx: &Arc<Ctx>, down: &Downstream, dest: &Destination, t: &Template, b
     let t = Template {
         method: t.method.clone(),
         path: t.path.clone(),
-        authority: format!("{}-shadow", t.authority),
+        authority: shadow(&t.authority),
         headers: t.headers.clone(),
     };
     let dest = dest.clone();
@@ -293,6 +303,14 @@ fn mirror(ctx: &Arc<Ctx>, down: &Downstream, dest: &Destination, t: &Template, b
         .await;
         tracing::debug!(status = %f.resp.status(), mirror = %dest.service, "mirrored");
     });
+}
+
+/// Envoy's shadow host: `svc:80` → `svc-shadow:80`.
+fn shadow(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
+    }
 }
 
 fn direct(status: StatusCode, body: Bytes) -> Forwarded {

@@ -31,6 +31,8 @@ pub enum ResponseFlags {
     FI,
     /// Fault injection: delayed.
     DI,
+    /// Downstream connection termination.
+    DC,
 }
 
 impl ResponseFlags {
@@ -46,6 +48,7 @@ impl ResponseFlags {
             Self::NR => "NR",
             Self::FI => "FI",
             Self::DI => "DI",
+            Self::DC => "DC",
         }
     }
 }

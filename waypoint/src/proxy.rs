@@ -101,6 +101,11 @@ async fn handle_tunnel(ctx: Arc<Ctx>, req: InboundRequest, respond: Responder) {
         respond.refuse(StatusCode::BAD_REQUEST);
         return;
     };
+    if !service.ports.iter().any(|p| p.port == req.authority.port()) {
+        tracing::info!("CONNECT names a port the service does not have; 400");
+        respond.refuse(StatusCode::BAD_REQUEST);
+        return;
+    }
     let client_addr = req
         .headers
         .get("forwarded")

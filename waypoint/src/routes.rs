@@ -39,10 +39,11 @@ pub struct Subset {
     pub addresses: HashSet<IpAddr>,
 }
 
+/// Istio's default is LEAST_REQUEST (for services the control plane sends no policy for, too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LoadBalancer {
-    #[default]
     RoundRobin,
+    #[default]
     LeastRequest,
     Random,
 }
@@ -599,7 +600,13 @@ fn action(r: &pb::HttpRoute) -> Result<Action, FieldError> {
             })
         })
         .collect::<Result<_, FieldError>>()?;
-    let total_weight = destinations.iter().map(|d| d.weight).sum();
+    let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
+    let total_weight = u32::try_from(total).map_err(|_| {
+        (
+            "destinations".to_string(),
+            format!("weights sum to {total}, above 2^32-1"),
+        )
+    })?;
     if destinations.is_empty() || total_weight == 0 {
         return Err((
             "destinations".into(),

@@ -98,7 +98,10 @@ impl H1Pool {
     /// `maxConnections`, and overflows when the pending queue is full too.
     pub async fn checkout(&self, host: IpAddr, limits: &Limits) -> Result<Checkout, PoolError> {
         let wait = limits.connect_timeout.unwrap_or(Duration::from_secs(10));
-        let deadline = tokio::time::Instant::now() + wait;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or(now + Duration::from_secs(3600));
         let mut pending = None;
         loop {
             let notified = self.0.notify.notified();

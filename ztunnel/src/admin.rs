@@ -16,6 +16,7 @@ pub fn admin_handler(ctx: Arc<ProxyCtx>, pods: Arc<Pods>) -> Handler {
                 "config": &*ctx.cfg,
                 "state": &snap.source,
                 "stateRejected": ctx.state.rejected(),
+                "authorizationPolicies": ctx.state.policies().keys(),
                 "pods": pods.dump(),
                 "certificates": ctx.certs.dump(),
                 "activeConnections": ctx.drain.active(),

@@ -107,6 +107,14 @@ impl Ztunnel {
             certs: Arc::new(identity::CertManager::new(issuer, cfg.certificate_ttl)),
             metrics,
             drain: drain.watch(),
+            conns: Default::default(),
+        });
+        // A new policy (or state) applies to established connections too.
+        let (c, mut changes) = (ctx.clone(), ctx.state.subscribe());
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                c.conns.revalidate(&c.state, &c.metrics);
+            }
         });
         let pods = Arc::new(Pods::new(ctx.clone()));
         for e in pods.reconcile() {

@@ -57,8 +57,27 @@ pub struct ConnectionLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
+/// How a connection reached the pod.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Transport {
+    hbone,
+    plaintext,
+}
+
+/// A connection refused or closed by authorization policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenyLabels {
+    pub policy: String,
+    pub reason: &'static str,
+    pub transport: Transport,
+    /// At admission, or an established connection closed by a policy change.
+    pub established: bool,
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
+    pub denied: Family<DenyLabels, Counter>,
     pub opened: Family<ConnectionLabels, Counter>,
     pub closed: Family<ConnectionLabels, Counter>,
     pub sent_bytes: Family<ConnectionLabels, Counter>,
@@ -89,6 +108,11 @@ impl Metrics {
             "tcp_received_bytes",
             "Bytes received from the client (request direction)",
             m.received_bytes.clone(),
+        );
+        registry.register(
+            "mesh_authorization_denied_connections",
+            "Connections refused or closed by authorization policy (STRICT mTLS included), by policy and reason",
+            m.denied.clone(),
         );
         let hbone = HboneMetrics::register(registry);
         Self { hbone, ..m }

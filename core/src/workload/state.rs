@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use crate::identity::Identity;
 use arc_swap::ArcSwap;
 
+use crate::workload::authz::Policies;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
@@ -64,6 +66,9 @@ pub struct Workload {
     /// Services this workload backs, keyed `<namespace>/<hostname>`, with its own target ports (xDS mode).
     #[serde(default)]
     pub services: BTreeMap<String, Vec<ServicePort>>,
+    /// WORKLOAD_SELECTOR authorization policies bound to it (`<namespace>/<name>`).
+    #[serde(default)]
+    pub authorization_policies: Vec<String>,
 }
 
 fn default_sa() -> String {
@@ -298,6 +303,9 @@ pub struct StateStore {
     current: Arc<ArcSwap<Snapshot>>,
     /// Why the newest input was rejected, while the last good snapshot serves (shown at `/config_dump`).
     rejected: Arc<ArcSwap<Option<String>>>,
+    policies: Arc<ArcSwap<Policies>>,
+    /// Bumped on every change, so established connections can be checked against new state and policy.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for StateStore {
@@ -305,6 +313,8 @@ impl Default for StateStore {
         Self {
             current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             rejected: Arc::new(ArcSwap::from_pointee(None)),
+            policies: Arc::new(ArcSwap::from_pointee(Policies::default())),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -320,6 +330,21 @@ impl StateStore {
 
     pub fn store(&self, s: Snapshot) {
         self.current.store(Arc::new(s));
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.load_full()
+    }
+
+    pub fn store_policies(&self, p: Policies) {
+        self.policies.store(Arc::new(p));
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Notified after every change of state or policy.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::control::XdsHandler;
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+use mesh_proto::istio::security::Authorization;
 use mesh_proto::istio::workload::{address, Address};
+
+use crate::workload::authz::Policies;
 use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 use crate::workload::state::{
@@ -17,8 +20,8 @@ pub struct WorkloadHandler {
     store: StateStore,
     /// name → (version, resource), as last accepted.
     addresses: BTreeMap<String, (String, Address)>,
-    /// Authorization resources are accepted and held until policy enforcement lands.
-    authorizations: HashMap<String, String>,
+    /// name → (version, policy), as last accepted.
+    authorizations: BTreeMap<String, (String, Authorization)>,
 }
 
 impl WorkloadHandler {
@@ -26,8 +29,33 @@ impl WorkloadHandler {
         Self {
             store,
             addresses: BTreeMap::new(),
-            authorizations: HashMap::new(),
+            authorizations: BTreeMap::new(),
         }
+    }
+}
+
+impl WorkloadHandler {
+    /// Compiles the whole new policy set; one bad policy NACKs the response and the old set keeps applying.
+    fn apply_authorizations(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
+        let mut next = self.authorizations.clone();
+        for name in &resp.removed_resources {
+            next.remove(name);
+        }
+        for r in &resp.resources {
+            let any = r
+                .resource
+                .as_ref()
+                .ok_or_else(|| format!("resource {}: empty", r.name))?;
+            let p: Authorization = any
+                .to_msg()
+                .map_err(|e| format!("resource {}: {e}", r.name))?;
+            next.insert(r.name.clone(), (r.version.clone(), p));
+        }
+        let policies = Policies::compile(next.values().map(|(_, p)| p))?;
+        tracing::info!(policies = policies.len(), "authorization policies applied");
+        self.store.store_policies(policies);
+        self.authorizations = next;
+        Ok(())
     }
 }
 
@@ -43,20 +71,17 @@ impl XdsHandler for WorkloadHandler {
                 .iter()
                 .map(|(n, (v, _))| (n.clone(), v.clone()))
                 .collect(),
-            _ => self.authorizations.clone(),
+            _ => self
+                .authorizations
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect(),
         }
     }
 
     fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
         if resp.type_url == AUTHORIZATION_TYPE_URL {
-            for r in &resp.resources {
-                self.authorizations
-                    .insert(r.name.clone(), r.version.clone());
-            }
-            for n in &resp.removed_resources {
-                self.authorizations.remove(n);
-            }
-            return Ok(());
+            return self.apply_authorizations(resp);
         }
         if resp.type_url != ADDRESS_TYPE_URL {
             return Err(format!("unexpected type {}", resp.type_url));
@@ -179,6 +204,7 @@ pub fn to_local_state<'a>(
                         WorkloadStatus::Healthy
                     },
                     services,
+                    authorization_policies: w.authorization_policies.clone(),
                 });
             }
             Some(address::Type::Service(s)) => {

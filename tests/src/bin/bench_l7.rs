@@ -195,7 +195,7 @@ fn main() -> Result<()> {
         Path {
             name: "HAProxy, weighted 90/10 (HTTP mode)",
             client: "direct-client",
-            addr: at("haproxy", 8080),
+            addr: at("haproxy", 18080),
             pids: vec![haproxy.id()],
         },
         Path {
@@ -286,8 +286,8 @@ fn main() -> Result<()> {
 fn start_haproxy(c: &Cluster) -> Result<std::process::Child> {
     let (v1, v2) = (c.pod("direct-v1").ip, c.pod("direct-v2").ip);
     let cfg = format!(
-        "global\n  maxconn 20000\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend fe\n  bind :8080\n  default_backend be\nbackend be\n  balance random\n  http-reuse always\n  server v1 {v1}:8090 weight 90\n  server v2 {v2}:8090 weight 10\n"
+        "global\n  maxconn 8000\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend fe\n  bind :18080\n  default_backend be\nbackend be\n  balance random\n  http-reuse always\n  server v1 {v1}:8090 weight 90\n  server v2 {v2}:8090 weight 10\n"
     );
     let path = c.dir.join("haproxy-l7.cfg");
     std::fs::write(&path, cfg)?;
@@ -307,7 +307,7 @@ fn start_haproxy(c: &Cluster) -> Result<std::process::Child> {
         .context("starting haproxy")?;
     let ns = c.pod("haproxy").netns.clone();
     poll("haproxy to listen", Duration::from_secs(5), || {
-        connect_in(&ns, "127.0.0.1:8080".parse().ok()?, Duration::from_secs(1)).ok()
+        connect_in(&ns, "127.0.0.1:18080".parse().ok()?, Duration::from_secs(1)).ok()
     })?;
     Ok(child)
 }

@@ -68,7 +68,9 @@ fn main() -> Result<()> {
 
     println!("\npods:");
     for p in &c.pods {
-        let mode = if p.spec.mesh {
+        let mode = if p.spec.is_waypoint() {
+            "waypoint (terminates HBONE itself)"
+        } else if p.spec.mesh {
             "ambient (HBONE)"
         } else {
             "not in mesh"

@@ -11,8 +11,10 @@ use mesh_core::hbone::{
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{pipe, Ends, Pod, ProxyCtx};
-use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use mesh_core::workload::authz::ConnInfo;
+
+use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
+use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, Transport};
 
 pub struct Handler {
     pub ctx: Arc<ProxyCtx>,
@@ -70,12 +72,12 @@ impl Handler {
             .get("baggage")
             .and_then(|v| v.to_str().ok())
             .map(PeerMetadata::from_baggage);
-        let src = req
+        let src_addr = req
             .headers
             .get("forwarded")
             .and_then(|v| v.to_str().ok())
-            .and_then(mesh_core::hbone::parse_forwarded_for)
-            .and_then(|a| snap.workload(&a.ip()).cloned());
+            .and_then(mesh_core::hbone::parse_forwarded_for);
+        let src = src_addr.and_then(|a| snap.workload(&a.ip()).cloned());
         let svc = dst.as_deref().and_then(|d| snap.service_of(d));
         let ends = Ends {
             reporter: Reporter::destination,
@@ -90,6 +92,18 @@ impl Handler {
             labels.source_workload = m.workload.clone();
             labels.source_workload_namespace = m.namespace.clone();
         }
+        let info = ConnInfo {
+            principal: req.peer_identity.clone(),
+            src_ip: src_addr.map_or(req.peer_addr.ip(), |a| a.ip()),
+            dst_ip: req.authority.ip(),
+            dst_port: req.authority.port(),
+        };
+        if !authz::admit(&ctx.state, &ctx.metrics, &info, Transport::hbone) {
+            // Istio's ztunnel answers a denied CONNECT with 401.
+            respond.refuse(StatusCode::UNAUTHORIZED);
+            return;
+        }
+        let registered = ctx.conns.register(info, Transport::hbone);
         ctx.metrics.opened.get_or_create(&labels).inc();
         let mut app = match pod
             .connect(req.authority, ctx.cfg.pool.connect_timeout)
@@ -111,7 +125,7 @@ impl Handler {
                 return;
             }
         };
-        let (rx, tx) = pipe(ctx, &mut tunnel, &mut app).await;
+        let (rx, tx) = pipe_until(ctx, &mut tunnel, &mut app, &registered.stop).await;
         ctx.metrics.record(&labels, rx, tx);
     }
 }

@@ -1,5 +1,6 @@
 //! Inbound plaintext (15006): TCP arriving at the pod without HBONE, redirected by iptables.
-//! Accepted while the pod's policy is PERMISSIVE (the default until PeerAuthentication is enforced).
+//! Accepted unless policy refuses it: a STRICT PeerAuthentication arrives as a DENY of connections without a peer
+//! principal, so plaintext to a STRICT pod is reset here and counted with the policy's name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,8 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{relay, Ends, Pod, ProxyCtx};
-use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use mesh_core::workload::authz::ConnInfo;
+
+use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
+use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, Transport};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
@@ -37,14 +40,42 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             security: SecurityPolicy::none,
         };
         let td = &ctx.cfg.trust_domain;
+        let info = ConnInfo {
+            principal: None,
+            src_ip: peer.ip(),
+            dst_ip: dst.ip(),
+            dst_port: dst.port(),
+        };
+        if !authz::admit(&ctx.state, &ctx.metrics, &info, Transport::plaintext) {
+            // A reset, not a clean close: the client sees the refusal at once.
+            reset_on_close(&client);
+            return;
+        }
+        let registered = ctx.conns.register(info, Transport::plaintext);
         ctx.metrics
             .opened
             .get_or_create(&ends.labels(td, ResponseFlags::None))
             .inc();
-        let app = pod.connect(dst, ctx.cfg.pool.connect_timeout).await;
-        let (flags, rx, tx) = relay(&ctx, &mut client, app).await;
+        let (flags, rx, tx) = match pod.connect(dst, ctx.cfg.pool.connect_timeout).await {
+            Ok(mut app) => {
+                let (rx, tx) = pipe_until(&ctx, &mut client, &mut app, &registered.stop).await;
+                (ResponseFlags::None, rx, tx)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "app unreachable");
+                (ResponseFlags::UF, 0, 0)
+            }
+        };
+        if registered.stop.is_cancelled() {
+            reset_on_close(&client);
+        }
         ctx.metrics.record(&ends.labels(td, flags), rx, tx);
     }
     .instrument(span)
     .await
+}
+
+/// Makes dropping the socket send a TCP reset (zero linger does not block).
+fn reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
 }

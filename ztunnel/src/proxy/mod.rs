@@ -4,6 +4,7 @@
 //! - `15008` [`inbound`]: HBONE from other ztunnels, terminated and connected to the app.
 //! - `15006` [`inbound_plaintext`]: plaintext arriving at the pod, redirected by iptables.
 
+pub mod authz;
 pub mod inbound;
 pub mod inbound_plaintext;
 pub mod outbound;
@@ -33,6 +34,8 @@ pub struct ProxyCtx {
     pub certs: Arc<CertManager>,
     pub metrics: Metrics,
     pub drain: DrainWatch,
+    /// Open inbound connections, re-checked when policy changes.
+    pub conns: authz::Connections,
 }
 
 /// An enrolled pod and the listeners ztunnel runs for it.
@@ -151,6 +154,23 @@ where
             tracing::debug!(error = %e, "connection ended with error");
             (0, 0)
         }
+    }
+}
+
+/// Like [`pipe`], but ends (both sides closed) when `stop` is cancelled: a policy change denied the connection.
+pub async fn pipe_until<A, B>(
+    ctx: &ProxyCtx,
+    client: &mut A,
+    server: &mut B,
+    stop: &CancellationToken,
+) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::select! {
+        counts = pipe(ctx, client, server) => counts,
+        _ = stop.cancelled() => (0, 0),
     }
 }
 

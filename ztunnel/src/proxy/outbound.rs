@@ -131,6 +131,10 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
 fn waypoint_of(snap: &Snapshot, dst: SocketAddr, peer: SocketAddr) -> Option<Option<Upstream>> {
     let (svc, _) = snap.service_by_vip(&dst.ip())?;
     let wp = svc.waypoint?;
+    // Only the service's own ports exist on its VIP.
+    if !svc.ports.iter().any(|p| p.port == dst.port()) {
+        return None;
+    }
     if wp.ip() == peer.ip() {
         return None;
     }
