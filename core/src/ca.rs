@@ -149,8 +149,22 @@ impl CertificateAuthority {
 
     /// Issues a certificate and a fresh key for `identity` (development CA: the key never leaves this process).
     pub fn issue(&self, identity: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        let now = SystemTime::now();
+        self.issue_valid(identity, now - Duration::from_secs(60), now + ttl)
+    }
+
+    /// Issues a certificate valid from `not_before` to `not_after` (a past window gives an expired one, as
+    /// tests of expiry need).
+    pub fn issue_valid(
+        &self,
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<WorkloadCert, CaError> {
         let key = KeyPair::generate()?;
-        let params = leaf_params(identity, ttl)?;
+        let mut params = leaf_params(identity, Duration::from_secs(3600))?;
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.intermediates());
@@ -160,7 +174,7 @@ impl CertificateAuthority {
             chain,
             key,
             self.roots.clone(),
-            SystemTime::now() + ttl,
+            not_after,
         ))
     }
 

@@ -391,6 +391,39 @@ mod tests {
         assert!(err.to_string().contains("is not one of"), "{err}");
     }
 
+    #[tokio::test]
+    async fn expired_certificates_are_refused_in_both_directions() {
+        use std::time::SystemTime;
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let hour = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        let fresh = |sa: &str| {
+            ca.issue(&Identity::new("cluster.local", "ns", sa), hour)
+                .unwrap()
+        };
+        let expired = |sa: &str| {
+            ca.issue_valid(
+                &Identity::new("cluster.local", "ns", sa),
+                now - 2 * hour,
+                now - hour,
+            )
+            .unwrap()
+        };
+        handshake(&fresh("a"), &fresh("b"))
+            .await
+            .expect("both valid");
+        let err = handshake(&expired("a"), &fresh("b")).await.unwrap_err();
+        assert!(
+            err.contains("server") && err.to_lowercase().contains("expired"),
+            "{err}"
+        );
+        let err = handshake(&fresh("a"), &expired("b")).await.unwrap_err();
+        assert!(
+            err.contains("client") && err.to_lowercase().contains("expired"),
+            "{err}"
+        );
+    }
+
     /// The server side's handshake error, classified for the metric.
     async fn server_failure(
         client: &WorkloadCert,

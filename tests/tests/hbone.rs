@@ -153,6 +153,20 @@ async fn hbone_port_admits_only_mtls_from_the_trust_domain() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", c.metrics(1).unwrap(), c.ztunnel_log(1)));
 
+    // An expired certificate of the mesh CA is refused.
+    let now = std::time::SystemTime::now();
+    let expired = ca
+        .issue_valid(
+            &id("cluster.local", "client"),
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert!(
+        tunnel(&c, &expired, server_id.clone(), app).await.is_err(),
+        "expired certificate admitted"
+    );
+
     // The client refuses a server whose identity is not the one expected for the destination.
     let err = tunnel(&c, &good, id("cluster.local", "someone-else"), app)
         .await

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_tests::http::{request, Req};
 use mesh_tests::net::{connect_in, exchange};
 use mesh_tests::{poll, require_netns, Cluster, Mode, PodSpec};
 
@@ -253,5 +254,84 @@ fn a_waypoint_bypass_is_refused_when_policy_requires_the_waypoint() {
     assert!(
         reaches(&client, via_waypoint),
         "through the waypoint still works"
+    );
+}
+
+fn waypoint_policy(target: &str, action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: l7, namespace: default}}\nspec:\n  targetRefs: [{target}]\n  action: {action}\n{rules}"
+    )
+}
+
+#[test]
+fn l7_authorization_policy_table_at_the_waypoint() {
+    require_netns!();
+    let mut c = Cluster::start_with(
+        2,
+        vec![
+            PodSpec::mesh("client", 0),
+            PodSpec::mesh("intruder", 0).in_namespace("other"),
+            PodSpec::mesh("shop", 1).with_labels(&[("app", "shop")]),
+            PodSpec::waypoint("waypoint", 1),
+        ],
+        Mode::ControlPlane,
+    )
+    .unwrap();
+    c.namespace_labels
+        .push(("istio.io/use-waypoint".into(), "waypoint".into()));
+    c.start_waypoint("waypoint").unwrap();
+    c.add_service_spec(serde_json::json!({
+        "name": "shop", "namespace": "default", "vip": "198.18.255.51", "selector": {"app": "shop"},
+        "ports": [{"port": 80, "targetPort": 8090}],
+    }))
+    .unwrap();
+    let vip: SocketAddr = "198.18.255.51:80".parse().unwrap();
+    let (client, intruder) = (
+        c.pod("client").netns.clone(),
+        c.pod("intruder").netns.clone(),
+    );
+    let status = |ns: &str, req: Req| request(ns, vip, req).map(|r| r.status).unwrap_or(0);
+    eventually("routed", || status(&client, Req::get("/")) == 200);
+
+    let gateway = "{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}";
+    let service = "{kind: Service, group: \"\", name: shop}";
+    // (name, target, action, rules, [(from intruder?, request, expected status)])
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(bool, Req, u16)>,
+    );
+    let table: Vec<Case> = vec![
+        ("ALLOW GET on /public*", gateway, "ALLOW", "  rules: [{to: [{operation: {methods: [GET], paths: [\"/public*\"]}}]}]\n",
+            vec![(false, Req::get("/public/a"), 200), (false, Req::get("/private"), 403), (false, Req::post("/public/a"), 403)]),
+        ("DENY a header value", service, "DENY", "  rules: [{when: [{key: \"request.headers[x-user]\", values: [mallory]}]}]\n",
+            vec![(false, Req::get("/").header("x-user", "mallory"), 403), (false, Req::get("/").header("x-user", "alice"), 200), (false, Req::get("/"), 200)]),
+        ("ALLOW a principal", gateway, "ALLOW", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]\n",
+            vec![(false, Req::get("/"), 200), (true, Req::get("/"), 403)]),
+        ("DENY a namespace on a path", service, "DENY", "  rules: [{from: [{source: {namespaces: [other]}}], to: [{operation: {notPaths: [/health]}}]}]\n",
+            vec![(true, Req::get("/orders"), 403), (true, Req::get("/health"), 200), (false, Req::get("/orders"), 200)]),
+    ];
+    for (name, target, action, rules, cases) in table {
+        c.apply("l7-authz.yaml", &waypoint_policy(target, action, rules))
+            .unwrap();
+        eventually(name, || {
+            cases.iter().all(|(from_intruder, req, want)| {
+                let ns = if *from_intruder { &intruder } else { &client };
+                status(ns, req.clone()) == *want
+            })
+        });
+    }
+    let r = request(&intruder, vip, Req::get("/orders")).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (403, "RBAC: access denied"));
+    let m = c.waypoint_metrics("waypoint").unwrap();
+    assert!(
+        metric(
+            &m,
+            "mesh_authorization_denied_requests_total",
+            &["policy=\"default/l7\"", "reason=\"denied_by_policy\""]
+        ) >= 1.0,
+        "{m}"
     );
 }

@@ -103,6 +103,12 @@ async fn route_request(
         source_ip: Some(down.client_addr.ip()),
         source_namespace: source_namespace.as_deref(),
     };
+    if let Some(denied) = routes
+        .as_deref()
+        .and_then(|r| authorize(ctx, down, r, &view))
+    {
+        return (denied, key);
+    }
     let fallback;
     let (route, matched) = match &routes {
         Some(r) => match r.route(&view) {
@@ -180,6 +186,45 @@ async fn route_request(
         f.flags = ResponseFlags::DI;
     }
     (f, wd.dest.service.clone())
+}
+
+/// Checks the service's AuthorizationPolicies; a denial is Envoy's 403 `RBAC: access denied`.
+fn authorize(
+    ctx: &Ctx,
+    down: &Downstream,
+    routes: &crate::routes::ServiceRoutes,
+    view: &RequestView<'_>,
+) -> Option<Forwarded> {
+    if routes.authorization.is_empty() {
+        return None;
+    }
+    let principal = down.peer_identity.as_ref().map(|i| {
+        format!(
+            "{}/ns/{}/sa/{}",
+            i.trust_domain, i.namespace, i.service_account
+        )
+    });
+    let req = crate::authz::Request {
+        principal: principal.as_deref(),
+        namespace: view.source_namespace,
+        source_ip: down.client_addr.ip(),
+        host: view.authority,
+        port: down.port,
+        method: view.method.as_str(),
+        path: view.path,
+        headers: view.headers,
+    };
+    let (policy, reason) = crate::authz::check(&routes.authorization, &req)?;
+    tracing::info!(%policy, reason, principal = ?principal, path = view.path, "request denied by policy");
+    ctx.metrics
+        .denied
+        .get_or_create(&crate::metrics::DenyLabels { policy, reason })
+        .inc();
+    Some(local(
+        StatusCode::FORBIDDEN,
+        "RBAC: access denied",
+        ResponseFlags::None,
+    ))
 }
 
 fn pick_weighted(destinations: &[WeightedDestination], total: u32) -> &WeightedDestination {

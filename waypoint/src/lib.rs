@@ -5,6 +5,7 @@
 //! applies the destination's circuit breakers and outlier detection ([`cluster`]), and forwards it over HBONE to
 //! the chosen endpoint as its own identity ([`forward`], [`upstream`]). Other TCP is forwarded as bytes.
 
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod forward;

@@ -99,8 +99,16 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+/// A request refused by an AuthorizationPolicy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenyLabels {
+    pub policy: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub denied: Family<DenyLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub hbone: HboneMetrics,
@@ -109,10 +117,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            denied: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             hbone: HboneMetrics::register(registry),
         };
+        registry.register(
+            "mesh_authorization_denied_requests",
+            "Requests refused (403) by an AuthorizationPolicy, by policy and reason",
+            m.denied.clone(),
+        );
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests handled", m.requests.clone());
         istio.register(

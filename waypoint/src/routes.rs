@@ -31,6 +31,8 @@ pub struct ServiceRoutes {
     pub policy: Policy,
     pub subsets: HashMap<String, Subset>,
     pub sources: Vec<String>,
+    /// AuthorizationPolicies for this service, checked before routing.
+    pub authorization: Vec<crate::authz::Policy>,
 }
 
 #[derive(Debug)]
@@ -418,7 +420,14 @@ pub fn compile(svc: &pb::L7Service) -> Result<ServiceRoutes, CompileError> {
         let policy = s.policy.as_ref().map(policy).unwrap_or_default();
         subsets.insert(s.name.clone(), Subset { policy, addresses });
     }
+    let authorization = svc
+        .authorization
+        .iter()
+        .map(crate::authz::compile)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("authorization".into(), e))?;
     Ok(ServiceRoutes {
+        authorization,
         routes,
         policy: svc.policy.as_ref().map(policy).unwrap_or_default(),
         subsets,

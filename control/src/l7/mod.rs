@@ -18,6 +18,7 @@ use crate::model::attach::{attachments, Attached, Routing};
 use crate::model::{self, resolve_host, ConfigSet, MeshDuration, ObjectMeta, Pod, WorkloadEntry};
 use crate::translate::{hostname, octets, service_key};
 
+mod authorization;
 mod destination_rule;
 mod gateway_api;
 mod traffic_split;
@@ -26,13 +27,29 @@ mod virtual_service;
 #[cfg(test)]
 mod tests;
 
-/// Every Service with routing config, keyed `<namespace>/<fqdn>`. Services without any get no resource: the
-/// waypoint sends their traffic to themselves with its defaults.
+/// Every Service with routing config or waypoint authorization policy, keyed `<namespace>/<fqdn>`. Services
+/// without any get no resource: the waypoint sends their traffic to themselves with its defaults.
 pub fn translate(set: &ConfigSet) -> BTreeMap<String, pb::L7Service> {
-    attachments(set)
+    let mut out: BTreeMap<String, pb::L7Service> = attachments(set)
         .iter()
         .map(|((ns, name), attached)| (service_key(name, ns), service(set, ns, name, attached)))
-        .collect()
+        .collect();
+    for svc in set.services() {
+        let policies = authorization::policies_for(set, svc);
+        if policies.is_empty() {
+            continue;
+        }
+        let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
+        out.entry(service_key(name, ns))
+            .or_insert_with(|| pb::L7Service {
+                namespace: ns.clone(),
+                hostname: hostname(name, ns),
+                policy: Some(destination_rule::default_policy()),
+                ..Default::default()
+            })
+            .authorization = policies;
+    }
+    out
 }
 
 fn service(set: &ConfigSet, ns: &str, name: &str, a: &Attached<'_>) -> pb::L7Service {
@@ -63,6 +80,7 @@ fn service(set: &ConfigSet, ns: &str, name: &str, a: &Attached<'_>) -> pb::L7Ser
         policy: Some(policy),
         subsets,
         sources,
+        authorization: Vec::new(),
     }
 }
 
