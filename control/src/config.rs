@@ -62,6 +62,8 @@ pub struct Config {
     pub trust_domain: String,
     /// Istio's root namespace: policies there without a selector apply mesh-wide (env `ROOT_NAMESPACE`).
     pub root_namespace: String,
+    /// Kubernetes mode: how each waypoint Gateway's Deployment and Service are made.
+    pub waypoint_deployment: crate::deploy::WaypointDeployment,
     /// The watched directory of Kubernetes-style YAML (env `CONFIG_DIR`).
     pub config_dir: PathBuf,
     /// Where the self-signed root is generated on first start and kept (env `CA_DIR`).
@@ -96,6 +98,7 @@ impl Default for Config {
             config_source: ConfigSource::Files,
             trust_domain: "cluster.local".into(),
             root_namespace: crate::translate::DEFAULT_ROOT_NAMESPACE.into(),
+            waypoint_deployment: Default::default(),
             config_dir: PathBuf::from("/etc/mesh/config"),
             ca_dir: PathBuf::from("/var/lib/mesh/ca"),
             plugin_ca: None,

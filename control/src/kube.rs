@@ -67,6 +67,7 @@ pub const WATCHED: &[Watched] = &[
     ),
     Watched("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     Watched("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+    Watched("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
 ];
 
 impl Watched {

@@ -11,6 +11,7 @@
 pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod deploy;
 pub mod kube;
 pub mod l7;
 pub mod model;

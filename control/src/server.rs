@@ -186,7 +186,14 @@ pub async fn run(
         version: 0,
     };
     match kube_client {
-        Some(client) => tokio::spawn(watch_kube(client, publisher)),
+        Some(client) => tokio::spawn(watch_kube(
+            client,
+            publisher,
+            crate::deploy::WaypointDeployment {
+                trust_domain: cfg.trust_domain.clone(),
+                ..cfg.waypoint_deployment.clone()
+            },
+        )),
         None => tokio::spawn(watch_dir(cfg.clone(), publisher)),
     };
 
@@ -324,13 +331,21 @@ async fn watch_dir(cfg: Config, mut publisher: Publisher) {
 }
 
 /// Kubernetes mode: watchers build the config; each new one is published.
-async fn watch_kube(client: kube::Client, mut publisher: Publisher) {
+async fn watch_kube(
+    client: kube::Client,
+    mut publisher: Publisher,
+    waypoints: crate::deploy::WaypointDeployment,
+) {
     let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
-    tokio::spawn(crate::kube::run(client, tx));
+    tokio::spawn(crate::kube::run(client.clone(), tx));
+    let mut deployer = crate::deploy::Deployer::new(client, waypoints);
     while rx.changed().await.is_ok() {
         let observed = Instant::now();
         let (set, diagnostics) = rx.borrow_and_update().clone();
         publisher.publish(&set, &diagnostics, observed);
+        if let Err(e) = deployer.reconcile(&set).await {
+            tracing::error!(error = %e, "deploying waypoints failed; retried on the next change");
+        }
     }
 }
 

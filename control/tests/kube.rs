@@ -190,3 +190,115 @@ async fn token_review_identifies_node_proxies_and_workloads() {
         err.message()
     );
 }
+
+/// Records every request (method, path and query, body) and answers with the object it was sent.
+async fn recording_api(
+    mut handle: Handle,
+    seen: tokio::sync::mpsc::UnboundedSender<(String, String, String)>,
+) {
+    while let Some((req, send)) = handle.next_request().await {
+        let (parts, body) = req.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let reply = if body.is_empty() {
+            serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Success"})
+                .to_string()
+        } else {
+            body.clone()
+        };
+        let _ = seen.send((parts.method.to_string(), path, body));
+        send.send_response(Response::new(Full::new(Bytes::from(reply))));
+    }
+}
+
+fn gateway_set(gateways: &[&str]) -> ConfigSet {
+    let yaml: String = gateways
+        .iter()
+        .map(|g| format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {g}, namespace: shop}}\nspec: {{gatewayClassName: istio-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n---\n"))
+        .collect();
+    let ingress = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}\n";
+    let (objects, diags) = mesh_control::model::load_str(&format!("{yaml}{ingress}"), None);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    let mut set = ConfigSet::new();
+    for o in objects {
+        set.insert(o, None);
+    }
+    set
+}
+
+#[tokio::test]
+async fn each_waypoint_gateway_gets_an_account_a_deployment_and_a_service() {
+    let (service, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(recording_api(handle, tx));
+    let client = kube::Client::new(service, "default");
+    let mut deployer = mesh_control::deploy::Deployer::new(client, Default::default());
+
+    assert_eq!(
+        deployer
+            .reconcile(&gateway_set(&["waypoint"]))
+            .await
+            .unwrap(),
+        3
+    );
+    let mut calls = Vec::new();
+    while let Ok(c) = seen.try_recv() {
+        calls.push(c);
+    }
+    let paths: Vec<String> = calls
+        .iter()
+        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "PATCH /api/v1/namespaces/shop/serviceaccounts/waypoint",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/waypoint",
+            "PATCH /api/v1/namespaces/shop/services/waypoint",
+        ],
+        "the ingress Gateway gets nothing"
+    );
+    assert!(calls
+        .iter()
+        .all(|(_, p, _)| p.contains("fieldManager=mesh-control") && p.contains("force=true")));
+    let deployment: serde_json::Value = serde_json::from_str(&calls[1].2).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "waypoint");
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]
+            ["gateway.networking.k8s.io/gateway-name"],
+        "waypoint"
+    );
+    assert_eq!(
+        pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "istio-ca"
+    );
+    let service: serde_json::Value = serde_json::from_str(&calls[2].2).unwrap();
+    assert_eq!(service["spec"]["ports"][0]["port"], 15008);
+
+    // Nothing changed: no calls. The Gateway removed: its objects are deleted.
+    assert_eq!(
+        deployer
+            .reconcile(&gateway_set(&["waypoint"]))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(deployer.reconcile(&gateway_set(&[])).await.unwrap(), 3);
+    let mut deletes = Vec::new();
+    while let Ok((m, p, _)) = seen.try_recv() {
+        deletes.push(format!("{m} {}", p.split('?').next().unwrap_or_default()));
+    }
+    assert!(
+        deletes.iter().all(|d| d.starts_with("DELETE ")) && deletes.len() == 3,
+        "{deletes:?}"
+    );
+}

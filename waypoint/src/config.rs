@@ -77,6 +77,17 @@ impl Config {
         env_override("ADMIN_ADDR", &mut cfg.admin_addr)?;
         env_override("METRICS_ADDR", &mut cfg.metrics_addr)?;
         env_override("READINESS_ADDR", &mut cfg.readiness_addr)?;
+        // In Kubernetes the control plane's Deployment of the waypoint passes these (Istio's `CA_ADDR`).
+        if let Ok(address) = std::env::var("CA_ADDR") {
+            let var =
+                |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+            cfg.control_plane = Some(ControlPlane {
+                address,
+                root_cert: var("CA_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem").into(),
+                tls_name: var("CA_TLS_NAME", "istiod.istio-system.svc"),
+                token_file: var("CA_TOKEN_FILE", "/var/run/secrets/tokens/istio-token").into(),
+            });
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::cluster::{admit, Cluster, ClusterKey, Outcome};
 use crate::metrics::ResponseFlags;
 use crate::proxy::Downstream;
-use crate::routes::{Destination, Limits, RetryPolicy};
+use crate::routes::{Destination, Limits, Policy, RetryPolicy};
 use crate::upstream::{Body, BoxError, Checkout, Io, PoolError};
 use crate::Ctx;
 
@@ -130,20 +130,17 @@ fn cluster_for(
         .filter(|w| subset.is_none_or(|s| s.addresses.contains(&w.ip)))
         .cloned()
         .collect();
-    let policy = routes
-        .map(|r| r.policy(dest.subset.as_deref()).for_port(port).clone())
-        .unwrap_or_default();
+    let default = Policy::default();
+    let policy = routes.map_or(&default, |r| {
+        r.policy(dest.subset.as_deref()).for_port(port)
+    });
     let key = ClusterKey {
         service: dest.service.clone(),
         subset: dest.subset.clone(),
         port,
     };
-    let limits = policy.limits.clone();
-    Some((
-        ctx.clusters.get(key, &policy, l7.generation),
-        endpoints,
-        limits,
-    ))
+    let cluster = ctx.clusters.get(key, policy, l7.generation);
+    Some((cluster, endpoints, policy.limits.clone()))
 }
 
 async fn attempts(

@@ -385,11 +385,13 @@ fn redirect(action: &Action, authority: &str, path: &str) -> Forwarded {
         Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
         None => host.to_string(),
     };
-    let location = format!(
-        "{}://{host}{}",
-        scheme.as_deref().unwrap_or("http"),
-        uri.as_deref().unwrap_or(path)
-    );
+    // Envoy keeps the query string when it replaces the path.
+    let new_path = match (uri, path.split_once('?')) {
+        (Some(u), Some((_, q))) if !u.contains('?') => format!("{u}?{q}"),
+        (Some(u), _) => u.clone(),
+        (None, _) => path.to_string(),
+    };
+    let location = format!("{}://{host}{new_path}", scheme.as_deref().unwrap_or("http"));
     let mut f = local(*status, "", ResponseFlags::None);
     if let Ok(v) = http::HeaderValue::from_str(&location) {
         f.resp.headers_mut().insert(LOCATION, v);

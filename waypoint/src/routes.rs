@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
+use mesh_core::workload::ip_from_bytes as ip;
 use mesh_proto::mesh::l7::v1 as pb;
 use regex::Regex;
 
@@ -380,14 +381,6 @@ fn ms(v: u64) -> Option<Duration> {
 
 fn nonzero(v: u32) -> Option<usize> {
     (v > 0).then_some(v as usize)
-}
-
-fn ip(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 /// Compiles one resource; every error names the field at fault.

@@ -94,6 +94,11 @@ impl H1Pool {
         self.lock().total
     }
 
+    /// Requests waiting for a connection.
+    pub fn pending(&self) -> usize {
+        self.0.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// An idle connection to `host`, or leave to dial one; waits (as a pending request) when the cluster is at
     /// `maxConnections`, and overflows when the pending queue is full too.
     pub async fn checkout(&self, host: IpAddr, limits: &Limits) -> Result<Checkout, PoolError> {

@@ -303,7 +303,14 @@ async fn connection_pool_overflows_instead_of_queueing_without_bound() {
             .await
             .map(|c| matches!(c, Checkout::Dial(_)))
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.pending() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second request never queued"
+        );
+        tokio::task::yield_now().await;
+    }
     assert!(matches!(
         pool.checkout(host, &limits).await,
         Err(PoolError::Overflow)

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use mesh_proto::istio::security as pb;
 
 use crate::identity::Identity;
+use crate::workload::ip_from_bytes as ip;
 use crate::workload::state::Workload;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,14 +176,6 @@ pub struct Policies {
     by_key: HashMap<String, Arc<Policy>>,
     global: Vec<Arc<Policy>>,
     by_namespace: HashMap<String, Vec<Arc<Policy>>>,
-}
-
-fn ip(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 fn str_matches(list: &[pb::StringMatch]) -> Vec<StrMatch> {

@@ -114,15 +114,7 @@ impl XdsHandler for WorkloadHandler {
 }
 
 fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
-    match bytes.len() {
-        4 => Ok(IpAddr::from(
-            <[u8; 4]>::try_from(bytes).expect("length checked"),
-        )),
-        16 => Ok(IpAddr::from(
-            <[u8; 16]>::try_from(bytes).expect("length checked"),
-        )),
-        n => Err(format!("{what}: address of {n} bytes")),
-    }
+    super::ip_from_bytes(bytes).ok_or_else(|| format!("{what}: address of {} bytes", bytes.len()))
 }
 
 /// A waypoint named by address (the form this control plane sends). A waypoint named by hostname is resolved
