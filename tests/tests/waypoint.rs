@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mesh_tests::http::{load, request, Reply, Req};
-use mesh_tests::net::exchange;
+use std::io::{Read, Write};
+
+use mesh_tests::net::{connect_in, exchange};
 use mesh_tests::{bin, poll, require_netns, Cluster, Mode, PodSpec};
 
 const VIP: &str = "198.18.255.30";
@@ -206,7 +208,7 @@ fn seed_routes_split_90_10_canary_header_wins_and_traffic_split_takes_over_witho
 }
 
 #[test]
-fn grpc_and_opaque_tcp_pass_through_the_waypoint() {
+fn grpc_upgrades_and_opaque_tcp_pass_through_the_waypoint() {
     require_netns!();
     let c = order_cluster();
     wait_routed(&c);
@@ -232,6 +234,27 @@ fn grpc_and_opaque_tcp_pass_through_the_waypoint() {
         ) >= 1.0,
         "{m}"
     );
+    // An HTTP/1.1 upgrade (as WebSocket does): 101 from the app, then one byte stream end to end.
+    let mut s = connect_in(&client, vip(80), Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: order-service\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101") && head.contains("upgrade: websocket"),
+        "{head}"
+    );
+    s.write_all(b"frames after the upgrade").unwrap();
+    let mut echoed = [0u8; 24];
+    s.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"frames after the upgrade");
+
     // Not HTTP: forwarded as bytes to an endpoint.
     let echoed = exchange(&client, vip(81), b"opaque bytes \x00\x01").unwrap();
     assert_eq!(echoed, b"opaque bytes \x00\x01");

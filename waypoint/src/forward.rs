@@ -26,6 +26,8 @@ pub struct Template {
     pub path: String,
     pub authority: String,
     pub headers: HeaderMap,
+    /// An HTTP/1.1 upgrade (WebSocket): always sent over HTTP/1.1.
+    pub upgrade: bool,
 }
 
 /// A request body: buffered (so it can be retried and mirrored) or streamed once.
@@ -164,7 +166,7 @@ async fn attempts(
         return overflow();
     };
     let svc = snap.service_by_key(&dest.service).map(|(s, _)| s.clone());
-    let h2 = down.h2 || limits.h2_upgrade;
+    let h2 = !t.upgrade && (down.h2 || limits.h2_upgrade);
     let mut tried = Vec::new();
     let mut attempt = 0;
     let mut retry_budget;

@@ -39,7 +39,7 @@ const HOP_BY_HOP: &[&str] = &[
 pub async fn handle(
     ctx: Arc<Ctx>,
     down: Arc<Downstream>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let protocol = if is_grpc(req.headers()) {
@@ -47,9 +47,45 @@ pub async fn handle(
     } else {
         Protocol::http
     };
-    let (f, service) = route_request(&ctx, &down, req).await;
+    // WebSocket and other HTTP/1.1 upgrades: once the upstream answers 101, both sides become one byte stream.
+    let client_upgrade =
+        (!down.h2 && upgrade_of(req.headers()).is_some()).then(|| hyper::upgrade::on(&mut req));
+    let (mut f, service) = route_request(&ctx, &down, req).await;
     record(&ctx, &down, &f, &service, protocol, started.elapsed());
+    if let Some(client) = client_upgrade {
+        if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let server = hyper::upgrade::on(&mut f.resp);
+            ctx.drain.spawn(splice_upgraded(client, server));
+        }
+    }
     Ok(f.resp)
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: <protocol>`).
+fn upgrade_of(h: &HeaderMap) -> Option<http::HeaderValue> {
+    let asks = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(http::header::UPGRADE).cloned())
+        .flatten()
+}
+
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, server) {
+        Ok((c, s)) => {
+            let (mut c, mut s) = (
+                hyper_util::rt::TokioIo::new(c),
+                hyper_util::rt::TokioIo::new(s),
+            );
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
@@ -147,7 +183,12 @@ async fn route_request(
     };
     let wd = pick_weighted(destinations, total);
     let mut headers = parts.headers.clone();
+    let upgrade = if down.h2 { None } else { upgrade_of(&headers) };
     strip_hop_by_hop(&mut headers);
+    if let Some(proto) = &upgrade {
+        headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(http::header::UPGRADE, proto.clone());
+    }
     route.request_headers.apply(&mut headers);
     wd.request_headers.apply(&mut headers);
     let (path, authority) = rewrite(route, matched, path, authority);
@@ -156,6 +197,7 @@ async fn route_request(
         path,
         authority,
         headers,
+        upgrade: upgrade.is_some(),
     };
     let Some(payload) = payload(ctx, body, route).await else {
         let f = local(
@@ -331,6 +373,7 @@ fn mirror(ctx: &Arc<Ctx>, down: &Downstream, dest: &Destination, t: &Template, b
         path: t.path.clone(),
         authority: shadow(&t.authority),
         headers: t.headers.clone(),
+        upgrade: false,
     };
     let dest = dest.clone();
     let down = down.clone();

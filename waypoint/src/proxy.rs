@@ -155,6 +155,7 @@ async fn serve_http(ctx: Arc<Ctx>, down: Arc<Downstream>, io: Rewind<mesh_core::
         // upgrade); HTTP/2 clients use prior knowledge, detected above.
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = served {

@@ -156,7 +156,8 @@ impl H1Pool {
         let mut slot = slot;
         let owner = slot.0.take();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // With upgrades, a 101 hands the connection to the upgraded stream (it leaves the pool then).
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
             if let Some(p) = owner {

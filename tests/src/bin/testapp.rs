@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
                 async move { Ok::<_, Infallible>(app.handle(req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
+                .serve_connection_with_upgrades(TokioIo::new(s), svc)
                 .await;
         }
     }));
@@ -126,7 +126,10 @@ impl HttpApp {
         None
     }
 
-    async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    async fn handle(&self, mut req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+        if req.uri().path() == "/upgrade" {
+            return upgrade_to_echo(&mut req);
+        }
         let path = req
             .uri()
             .path_and_query()
@@ -195,6 +198,39 @@ impl HttpApp {
             .body(Full::new(Bytes::from(body)))
             .expect("valid response")
     }
+}
+
+/// `GET /upgrade` with `Upgrade: <anything>`: 101, then the connection echoes bytes (a WebSocket stand-in).
+fn upgrade_to_echo(req: &mut http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let Some(proto) = req.headers().get("upgrade").cloned() else {
+        return http::Response::builder()
+            .status(426)
+            .body(Full::new(Bytes::from_static(b"upgrade required\n")))
+            .expect("valid response");
+    };
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    http::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", proto)
+        .body(Full::new(Bytes::new()))
+        .expect("valid response")
 }
 
 async fn grpc_server() {
