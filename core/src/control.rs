@@ -166,6 +166,39 @@ impl ControlPlane {
     }
 }
 
+/// Resources of one type as a proxy holds them: name → (version, resource).
+pub type Held<M> = std::collections::BTreeMap<String, (String, M)>;
+
+/// `held` with a delta response applied (removals, then every resource decoded as `M`); the caller swaps it in
+/// only once it accepts the whole result, so a bad response changes nothing.
+pub fn apply_delta<M: prost::Message + prost::Name + Default + Clone>(
+    held: &Held<M>,
+    resp: &DeltaDiscoveryResponse,
+) -> Result<Held<M>, String> {
+    let mut next = held.clone();
+    for name in &resp.removed_resources {
+        next.remove(name);
+    }
+    for r in &resp.resources {
+        let any = r
+            .resource
+            .as_ref()
+            .ok_or_else(|| format!("resource {}: empty", r.name))?;
+        let msg: M = any
+            .to_msg()
+            .map_err(|e| format!("resource {}: {e}", r.name))?;
+        next.insert(r.name.clone(), (r.version.clone(), msg));
+    }
+    Ok(next)
+}
+
+/// The versions held, as `initial_resource_versions` wants them.
+pub fn versions_of<M>(held: &Held<M>) -> HashMap<String, String> {
+    held.iter()
+        .map(|(n, (v, _))| (n.clone(), v.clone()))
+        .collect()
+}
+
 /// What a proxy does with the resources of one type it receives.
 pub trait XdsHandler: Send {
     /// Types to subscribe to (wildcard).

@@ -2,18 +2,18 @@
 //! handling) and this project's `mesh.l7.v1.L7Service`, compiled and swapped atomically. A resource that does
 //! not compile NACKs the whole response and the previous config keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use mesh_core::control::XdsHandler;
+use mesh_core::control::{apply_delta, versions_of, Held, XdsHandler};
 use mesh_core::workload::state::StateStore;
 use mesh_core::workload::xds::WorkloadHandler;
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use mesh_proto::mesh::l7::v1::L7Service;
 use mesh_proto::{ADDRESS_TYPE_URL, L7_SERVICE_TYPE_URL};
 
-use crate::routes::{compile, L7Config, ServiceRoutes};
+use crate::routes::{compile, L7Config};
 
 /// The compiled L7 config and its generation (clusters pick up a new policy when it changes).
 #[derive(Default)]
@@ -26,7 +26,7 @@ pub type L7Store = Arc<ArcSwap<L7Snapshot>>;
 
 pub struct WaypointHandler {
     workloads: WorkloadHandler,
-    l7: BTreeMap<String, (String, Arc<ServiceRoutes>)>,
+    l7: Held<L7Service>,
     store: L7Store,
 }
 
@@ -34,31 +34,23 @@ impl WaypointHandler {
     pub fn new(state: StateStore, store: L7Store) -> Self {
         Self {
             workloads: WorkloadHandler::new(state),
-            l7: BTreeMap::new(),
+            l7: Held::new(),
             store,
         }
     }
 
     fn apply_l7(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
-        let mut next = self.l7.clone();
-        for name in &resp.removed_resources {
-            next.remove(name);
-        }
-        for r in &resp.resources {
-            let any = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| format!("resource {}: empty", r.name))?;
-            let svc: L7Service = any
-                .to_msg()
-                .map_err(|e| format!("resource {}: {e}", r.name))?;
-            let compiled = compile(&svc).map_err(|e| e.to_string())?;
-            next.insert(r.name.clone(), (r.version.clone(), Arc::new(compiled)));
-        }
+        let next = apply_delta::<L7Service>(&self.l7, resp)?;
+        // Compiled whole: one resource that does not compile NACKs the response.
         let services = next
             .values()
-            .map(|(_, s)| (s.key.clone(), s.clone()))
-            .collect();
+            .map(|(_, s)| {
+                Ok((
+                    format!("{}/{}", s.namespace, s.hostname),
+                    Arc::new(compile(s).map_err(|e| e.to_string())?),
+                ))
+            })
+            .collect::<Result<_, String>>()?;
         let generation = self.store.load().generation + 1;
         self.store.store(Arc::new(L7Snapshot {
             config: L7Config { services },
@@ -77,11 +69,7 @@ impl XdsHandler for WaypointHandler {
 
     fn versions(&self, type_url: &str) -> HashMap<String, String> {
         match type_url {
-            L7_SERVICE_TYPE_URL => self
-                .l7
-                .iter()
-                .map(|(n, (v, _))| (n.clone(), v.clone()))
-                .collect(),
+            L7_SERVICE_TYPE_URL => versions_of(&self.l7),
             other => self.workloads.versions(other),
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::control::XdsHandler;
+use crate::control::{apply_delta, versions_of, Held, XdsHandler};
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use mesh_proto::istio::security::Authorization;
 use mesh_proto::istio::workload::{address, Address};
@@ -19,9 +19,9 @@ use crate::workload::state::{
 pub struct WorkloadHandler {
     store: StateStore,
     /// name → (version, resource), as last accepted.
-    addresses: BTreeMap<String, (String, Address)>,
+    addresses: Held<Address>,
     /// name → (version, policy), as last accepted.
-    authorizations: BTreeMap<String, (String, Authorization)>,
+    authorizations: Held<Authorization>,
 }
 
 impl WorkloadHandler {
@@ -37,20 +37,7 @@ impl WorkloadHandler {
 impl WorkloadHandler {
     /// Compiles the whole new policy set; one bad policy NACKs the response and the old set keeps applying.
     fn apply_authorizations(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
-        let mut next = self.authorizations.clone();
-        for name in &resp.removed_resources {
-            next.remove(name);
-        }
-        for r in &resp.resources {
-            let any = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| format!("resource {}: empty", r.name))?;
-            let p: Authorization = any
-                .to_msg()
-                .map_err(|e| format!("resource {}: {e}", r.name))?;
-            next.insert(r.name.clone(), (r.version.clone(), p));
-        }
+        let next = apply_delta(&self.authorizations, resp)?;
         let policies = Policies::compile(next.values().map(|(_, p)| p))?;
         tracing::info!(policies = policies.len(), "authorization policies applied");
         self.store.store_policies(policies);
@@ -66,16 +53,8 @@ impl XdsHandler for WorkloadHandler {
 
     fn versions(&self, type_url: &str) -> HashMap<String, String> {
         match type_url {
-            ADDRESS_TYPE_URL => self
-                .addresses
-                .iter()
-                .map(|(n, (v, _))| (n.clone(), v.clone()))
-                .collect(),
-            _ => self
-                .authorizations
-                .iter()
-                .map(|(n, (v, _))| (n.clone(), v.clone()))
-                .collect(),
+            ADDRESS_TYPE_URL => versions_of(&self.addresses),
+            _ => versions_of(&self.authorizations),
         }
     }
 
@@ -86,20 +65,7 @@ impl XdsHandler for WorkloadHandler {
         if resp.type_url != ADDRESS_TYPE_URL {
             return Err(format!("unexpected type {}", resp.type_url));
         }
-        let mut next = self.addresses.clone();
-        for name in &resp.removed_resources {
-            next.remove(name);
-        }
-        for r in &resp.resources {
-            let any = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| format!("resource {}: empty", r.name))?;
-            let addr: Address = any
-                .to_msg()
-                .map_err(|e| format!("resource {}: {e}", r.name))?;
-            next.insert(r.name.clone(), (r.version.clone(), addr));
-        }
+        let next = apply_delta(&self.addresses, resp)?;
         let local = to_local_state(next.values().map(|(_, a)| a))?;
         let snap = Snapshot::build(local).map_err(|e| e.to_string())?;
         tracing::info!(
