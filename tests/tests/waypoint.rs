@@ -485,3 +485,93 @@ fn retries_and_timeouts_are_observable_from_the_client() {
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(r.elapsed < Duration::from_millis(2000), "{:?}", r.elapsed);
 }
+
+const FEATURES_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: order-features}
+spec:
+  hosts: [order-service]
+  http:
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: order-service}}]
+  - match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: order-service}}]
+  - match: [{uri: {exact: /direct}}]
+    directResponse: {status: 203, body: {string: made by the waypoint}}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: shop.example}
+  - match: [{uri: {prefix: /api/v1/}}]
+    rewrite: {uri: /v2/, authority: orders.internal}
+    headers:
+      request: {set: {x-added: by-route}, remove: [x-secret]}
+      response: {set: {x-served-by: waypoint}}
+    route: [{destination: {host: order-service-stable}}]
+  - match: [{uri: {prefix: /mirrored}}]
+    mirror: {host: order-service-canary}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: order-service-stable}}]
+  - route: [{destination: {host: order-service}}]
+";
+
+#[test]
+fn faults_direct_responses_redirects_rewrites_header_ops_and_mirrors() {
+    require_netns!();
+    let c = order_cluster();
+    c.apply("vs.yaml", FEATURES_VS).unwrap();
+    c.wait_l7("waypoint", SERVICE, |s| {
+        s["routes"].as_array().is_some_and(|r| r.len() == 7)
+    })
+    .unwrap();
+    wait_routed(&c);
+    let client = c.pod("client").netns.clone();
+    let get = |req: Req| request(&client, vip(80), req).unwrap();
+
+    assert_eq!(get(Req::get("/abort")).status, 418);
+    let slow = get(Req::get("/slow"));
+    assert_eq!(slow.status, 200);
+    assert!(
+        slow.elapsed >= Duration::from_millis(400),
+        "{:?}",
+        slow.elapsed
+    );
+    let direct = get(Req::get("/direct"));
+    assert_eq!(
+        (direct.status, direct.body.as_str()),
+        (203, "made by the waypoint")
+    );
+    let moved = get(Req::get("/old/page?x=1"));
+    assert_eq!(moved.status, 301);
+    assert_eq!(moved.header("location"), "http://shop.example/new?x=1");
+
+    let r = get(Req::get("/api/v1/orders").header("x-secret", "s3cret"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-version"), "v1", "routed to the stable service");
+    assert_eq!(r.header("x-seen-path"), "/v2/orders", "prefix rewritten");
+    assert_eq!(
+        r.header("x-seen-host"),
+        "orders.internal",
+        "authority rewritten"
+    );
+    assert!(r.body.contains("seen-x-added: by-route"), "{}", r.body);
+    assert!(
+        !r.body.contains("s3cret"),
+        "removed header must not arrive: {}",
+        r.body
+    );
+    assert_eq!(r.header("x-served-by"), "waypoint");
+
+    // Every mirrored request also reaches the canary, whose answers are dropped.
+    let before = served(&c, "order-v2");
+    let replies = load(&client, vip(80), 20, 2, |_| Req::get("/mirrored")).unwrap();
+    assert!(replies.iter().all(|r| r
+        .as_ref()
+        .is_ok_and(|r| r.status == 200 && r.header("x-version") == "v1")));
+    poll(
+        "mirrored copies at the canary",
+        Duration::from_secs(10),
+        || (served(&c, "order-v2") >= before + 20).then_some(()),
+    )
+    .unwrap();
+}
