@@ -575,3 +575,45 @@ fn faults_direct_responses_redirects_rewrites_header_ops_and_mirrors() {
     )
     .unwrap();
 }
+
+const GAMMA_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: order-gamma}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: order-service, port: 80}]
+  rules:
+  - backendRefs: [{name: order-service-stable, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /canary}}]
+    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: canary}]}}]
+    backendRefs: [{name: order-service-canary, port: 80}]
+";
+
+#[test]
+fn gateway_api_httproute_on_a_service_ranks_rules_by_precedence() {
+    require_netns!();
+    let c = order_cluster();
+    c.apply("route.yaml", GAMMA_ROUTE).unwrap();
+    c.wait_l7("waypoint", SERVICE, |s| {
+        s["sources"].as_array().is_some_and(|src| {
+            src.iter()
+                .any(|x| x.as_str().unwrap_or("").contains("HTTPRoute"))
+        })
+    })
+    .unwrap();
+    wait_routed(&c);
+    let client = c.pod("client").netns.clone();
+    // The longer prefix wins although its rule comes second; `/canaryx` is not under `/canary`.
+    for (path, version, header) in [
+        ("/canary", "v2", "canary"),
+        ("/canary/a", "v2", "canary"),
+        ("/canaryx", "v1", ""),
+        ("/", "v1", ""),
+    ] {
+        let r = request(&client, vip(80), Req::get(path)).unwrap();
+        assert_eq!(
+            (r.status, r.header("x-version"), r.header("x-route")),
+            (200, version, header),
+            "{path}"
+        );
+    }
+}
