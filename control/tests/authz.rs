@@ -1,7 +1,9 @@
 //! PeerAuthentication and AuthorizationPolicy → ztunnel's `istio.security.Authorization`, and the bindings each
 //! workload carries.
 
-use mesh_control::model::{load_str, ConfigSet};
+mod common;
+
+use common::set_of;
 use mesh_control::translate::{translate, Translated};
 use mesh_proto::istio::security::{string_match::MatchType, Action, Authorization, Scope};
 use mesh_proto::istio::workload::{address, Address};
@@ -27,16 +29,6 @@ spec: {nodeName: node1, serviceAccountName: legacy}
 status: {podIP: 198.18.1.2}
 ---
 ";
-
-fn set_of(yaml: &str) -> ConfigSet {
-    let (objects, diags) = load_str(yaml, None);
-    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
-    let mut set = ConfigSet::new();
-    for o in objects {
-        set.insert(o, None);
-    }
-    set
-}
 
 fn policies(out: &Translated) -> Vec<(String, Authorization)> {
     out.resources[AUTHORIZATION_TYPE_URL]

@@ -1,7 +1,9 @@
 //! Waypoints in the workload API: a Service's waypoint address, waypoint pods as HBONE workloads with their own
 //! identity, and the L7 resources published next to the addresses.
 
-use mesh_control::model::{load_str, ConfigSet};
+mod common;
+
+use common::set_of;
 use mesh_control::translate::{translate, Translated};
 use mesh_core::identity::Identity;
 use mesh_proto::istio::workload::{
@@ -44,16 +46,6 @@ spec: {nodeName: node1, serviceAccountName: waypoint}
 status: {podIP: 198.18.1.9}
 ---
 ";
-
-fn set_of(yaml: &str) -> ConfigSet {
-    let (objects, diags) = load_str(yaml, None);
-    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
-    let mut set = ConfigSet::new();
-    for o in objects {
-        set.insert(o, None);
-    }
-    set
-}
 
 fn address(out: &Translated, name: &str) -> address::Type {
     let resource = &out.resources[ADDRESS_TYPE_URL]

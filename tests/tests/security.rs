@@ -217,13 +217,16 @@ fn a_policy_change_closes_established_connections_it_denies() {
     assert!(!reaches(&a, echo), "and new ones are refused");
 }
 
-#[test]
-fn a_waypoint_bypass_is_refused_when_policy_requires_the_waypoint() {
-    require_netns!();
+const SHOP_VIP: &str = "198.18.255.50";
+
+/// `shop` (HTTP on 80, echo on 81) in a namespace whose waypoint is `waypoint`; `client` in it, `intruder` in
+/// namespace `other`.
+fn shop_behind_a_waypoint() -> Cluster {
     let mut c = Cluster::start_with(
         2,
         vec![
             PodSpec::mesh("client", 0),
+            PodSpec::mesh("intruder", 0).in_namespace("other"),
             PodSpec::mesh("shop", 1).with_labels(&[("app", "shop")]),
             PodSpec::waypoint("waypoint", 1),
         ],
@@ -234,12 +237,19 @@ fn a_waypoint_bypass_is_refused_when_policy_requires_the_waypoint() {
         .push(("istio.io/use-waypoint".into(), "waypoint".into()));
     c.start_waypoint("waypoint").unwrap();
     c.add_service_spec(serde_json::json!({
-        "name": "shop", "namespace": "default", "vip": "198.18.255.50", "selector": {"app": "shop"},
+        "name": "shop", "namespace": "default", "vip": SHOP_VIP, "selector": {"app": "shop"},
         "ports": [{"port": 80, "targetPort": 8090}, {"port": 81, "targetPort": 8080}],
     }))
     .unwrap();
+    c
+}
+
+#[test]
+fn a_waypoint_bypass_is_refused_when_policy_requires_the_waypoint() {
+    require_netns!();
+    let c = shop_behind_a_waypoint();
     let client = c.pod("client").netns.clone();
-    let via_waypoint: SocketAddr = "198.18.255.50:81".parse().unwrap();
+    let via_waypoint: SocketAddr = format!("{SHOP_VIP}:81").parse().unwrap();
     let direct = SocketAddr::new(c.pod("shop").ip, 8080);
     eventually("traffic both ways", || {
         reaches(&client, via_waypoint) && reaches(&client, direct)
@@ -266,26 +276,8 @@ fn waypoint_policy(target: &str, action: &str, rules: &str) -> String {
 #[test]
 fn l7_authorization_policy_table_at_the_waypoint() {
     require_netns!();
-    let mut c = Cluster::start_with(
-        2,
-        vec![
-            PodSpec::mesh("client", 0),
-            PodSpec::mesh("intruder", 0).in_namespace("other"),
-            PodSpec::mesh("shop", 1).with_labels(&[("app", "shop")]),
-            PodSpec::waypoint("waypoint", 1),
-        ],
-        Mode::ControlPlane,
-    )
-    .unwrap();
-    c.namespace_labels
-        .push(("istio.io/use-waypoint".into(), "waypoint".into()));
-    c.start_waypoint("waypoint").unwrap();
-    c.add_service_spec(serde_json::json!({
-        "name": "shop", "namespace": "default", "vip": "198.18.255.51", "selector": {"app": "shop"},
-        "ports": [{"port": 80, "targetPort": 8090}],
-    }))
-    .unwrap();
-    let vip: SocketAddr = "198.18.255.51:80".parse().unwrap();
+    let c = shop_behind_a_waypoint();
+    let vip: SocketAddr = format!("{SHOP_VIP}:80").parse().unwrap();
     let (client, intruder) = (
         c.pod("client").netns.clone(),
         c.pod("intruder").netns.clone(),
