@@ -32,8 +32,19 @@ pub enum Issuer {
     Dev(Box<CertificateAuthority>),
     ControlPlane {
         cp: ControlPlane,
-        channel: tonic::transport::Channel,
+        /// Rebuilt (re-reading the root file) when a request fails: after a root rotation the control plane
+        /// serves under the new root, which the file has by then.
+        channel: Mutex<tonic::transport::Channel>,
     },
+}
+
+impl Issuer {
+    pub fn control_plane(cp: ControlPlane) -> Result<Self, ControlError> {
+        Ok(Self::ControlPlane {
+            channel: Mutex::new(cp.channel()?),
+            cp,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -130,13 +141,24 @@ impl CertManager {
                 identity: id.to_string(),
                 source,
             })?,
-            Issuer::ControlPlane { cp, channel } => cp
-                .fetch_certificate(channel.clone(), id, self.ttl)
-                .await
-                .map_err(|source| CertError::Fetch {
-                    identity: id.to_string(),
-                    source,
-                })?,
+            Issuer::ControlPlane { cp, channel } => {
+                let current = channel.lock().expect("channel lock").clone();
+                match cp.fetch_certificate(current, id, self.ttl).await {
+                    Ok(cert) => cert,
+                    Err(first) => {
+                        tracing::debug!(error = %first, "CSR failed; retrying on a fresh channel");
+                        let fetch = |source| CertError::Fetch {
+                            identity: id.to_string(),
+                            source,
+                        };
+                        let fresh = cp.channel().map_err(fetch)?;
+                        *channel.lock().expect("channel lock") = fresh.clone();
+                        cp.fetch_certificate(fresh, id, self.ttl)
+                            .await
+                            .map_err(fetch)?
+                    }
+                }
+            }
         };
         let server = cert.server_config().map_err(|source| CertError::Tls {
             identity: id.to_string(),
@@ -232,7 +254,10 @@ mod tests {
         };
         let channel = tonic::transport::Endpoint::from_static("https://127.0.0.1:9").connect_lazy();
         let m = CertManager::new(
-            Issuer::ControlPlane { cp, channel },
+            Issuer::ControlPlane {
+                cp,
+                channel: Mutex::new(channel),
+            },
             Duration::from_secs(3600),
         );
         assert!(

@@ -252,6 +252,16 @@ impl Cluster {
     }
 
     pub fn start_with(nodes: usize, pods: Vec<PodSpec>, mode: Mode) -> Result<Self> {
+        Self::start_configured(nodes, pods, mode, "")
+    }
+
+    /// Like [`Cluster::start_with`], with `ztunnel_yaml` appended to every ztunnel's config.
+    pub fn start_configured(
+        nodes: usize,
+        pods: Vec<PodSpec>,
+        mode: Mode,
+        ztunnel_yaml: &str,
+    ) -> Result<Self> {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("m{}x{id}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("mesh-{prefix}"));
@@ -271,7 +281,7 @@ impl Cluster {
         };
         c.build_underlay()?;
         for i in 1..=nodes {
-            c.add_node(i, nodes)?;
+            c.add_node(i, nodes, ztunnel_yaml)?;
         }
         for spec in pods {
             c.add_pod(spec)?;
@@ -300,7 +310,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn add_node(&mut self, i: usize, total: usize) -> Result<()> {
+    fn add_node(&mut self, i: usize, total: usize, extra: &str) -> Result<()> {
         let netns = format!("{}-n{i}", self.prefix);
         sh("ip", &["netns", "add", &netns])?;
         let peer = format!("{}n{i}", self.prefix);
@@ -385,7 +395,7 @@ impl Cluster {
             Mode::ControlPlane => self.control_plane_ref(i)?,
         };
         let yaml = format!(
-            "nodeName: node{i}\n{source}runDir: {}\nstatePollInterval: 200ms\ndrainTimeout: 5s\n",
+            "nodeName: node{i}\n{source}runDir: {}\nstatePollInterval: 200ms\ndrainTimeout: 5s\n{extra}",
             run_dir.display()
         );
         std::fs::write(&config, yaml)?;

@@ -271,3 +271,106 @@ fn an_invalid_object_is_rejected_and_its_last_good_version_keeps_serving() {
     let (_, m) = c.control_get("/metrics").unwrap();
     assert_eq!(metric(&m, "mesh_config_rejected_objects", &[]), 1.0, "{m}");
 }
+
+/// Istio's root rotation, in three control-plane restarts, under continuous traffic: (1) the new root B is
+/// trusted while A still signs; (2) B signs, A is still trusted; (3) A is retired. Certificates live 8 s (renewed
+/// at half-life) so each phase reaches every workload quickly. No connection may fail, and one opened before the
+/// rotation must survive it.
+#[test]
+fn root_rotation_under_traffic_drops_nothing() {
+    require_netns!();
+    let mut c = Cluster::start_configured(
+        2,
+        vec![PodSpec::mesh("client", 0), PodSpec::mesh("server", 1)],
+        Mode::ControlPlane,
+        "certificateTtl: 8s\n",
+    )
+    .unwrap();
+    let (client_ns, server) = (c.pod("client").netns.clone(), c.pod("server").ip);
+    let dst = SocketAddr::new(server, 8080);
+    poll("traffic", Duration::from_secs(20), || {
+        exchange(&client_ns, dst, b"up").ok().filter(|o| o == b"up")
+    })
+    .unwrap();
+    let mut long_lived =
+        mesh_tests::net::connect_in(&client_ns, dst, Duration::from_secs(5)).unwrap();
+    long_lived
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let echo = |s: &mut std::net::TcpStream, msg: &[u8]| {
+        use std::io::{Read, Write};
+        s.write_all(msg).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    };
+    assert_eq!(echo(&mut long_lived, b"before"), b"before");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (running, ns) = (stop.clone(), client_ns.clone());
+    let traffic = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !running.load(std::sync::atomic::Ordering::Acquire) {
+            match exchange(&ns, dst, b"rotating") {
+                Ok(o) if o == b"rotating" => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (ok, failed)
+    });
+
+    let root_a = c.ca_dir().join("ca-cert.pem");
+    let b_dir = c.dir.join("ca-b");
+    mesh_core::ca::CertificateAuthority::load_or_create(&b_dir, "cluster.local").unwrap();
+    let base = std::fs::read_to_string(c.dir.join("control.yaml")).unwrap();
+    let plugin_b = format!(
+        "pluginCa: {{certChain: {}, key: {}}}\n",
+        b_dir.join("ca-cert.pem").display(),
+        b_dir.join("ca-key.pem").display()
+    );
+    let phases = [
+        format!("trustedRoots: [{}]\n", b_dir.join("ca-cert.pem").display()),
+        format!("{plugin_b}trustedRoots: [{}]\n", root_a.display()),
+        plugin_b.clone(),
+    ];
+    for (i, extra) in phases.iter().enumerate() {
+        std::fs::write(c.dir.join("control.yaml"), format!("{base}{extra}")).unwrap();
+        c.kill_control().unwrap();
+        c.start_control().unwrap();
+        // Both workloads renewed under this phase's CA (the log starts afresh with each control plane).
+        poll(
+            &format!("phase {} certificates", i + 1),
+            Duration::from_secs(30),
+            || {
+                let log = c.control_log();
+                let issued = |sa: &str| {
+                    log.lines().any(|l| {
+                        l.contains("certificate issued") && l.contains(&format!("/sa/{sa}"))
+                    })
+                };
+                (issued("client") && issued("server")).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.control_log()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (ok, failed) = traffic.join().unwrap();
+    assert!(
+        ok > 20 && failed.is_empty(),
+        "{ok} connections succeeded, failed: {failed:?}"
+    );
+    assert_eq!(
+        echo(&mut long_lived, b"after"),
+        b"after",
+        "established connections survive rotation"
+    );
+    let root_file = std::fs::read_to_string(c.ca_dir().join("root-cert.pem")).unwrap();
+    let b_root = std::fs::read_to_string(b_dir.join("ca-cert.pem")).unwrap();
+    let pem = |s: &str| s.replace('\r', "").trim().to_string();
+    assert_eq!(
+        pem(&root_file),
+        pem(&b_root),
+        "clients now bootstrap from B alone"
+    );
+}

@@ -89,10 +89,7 @@ impl Waypoint {
             xds_node(&cfg),
             xds::WaypointHandler::new(state.clone(), l7.clone()),
         ));
-        let issuer = Issuer::ControlPlane {
-            channel: cp.channel()?,
-            cp,
-        };
+        let issuer = Issuer::control_plane(cp)?;
         let drain = Drain::new();
         let sockets: mesh_core::hbone::SocketFactory = Arc::new(|addr: &std::net::SocketAddr| {
             let s = if addr.is_ipv4() {

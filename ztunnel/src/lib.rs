@@ -76,10 +76,7 @@ impl Ztunnel {
 
         let store = state::StateStore::default();
         let issuer = match (&cfg.control_plane, &cfg.dev_ca_dir) {
-            (Some(cp), _) => identity::Issuer::ControlPlane {
-                cp: cp.clone(),
-                channel: cp.channel()?,
-            },
+            (Some(cp), _) => identity::Issuer::control_plane(cp.clone())?,
             (None, Some(dir)) => identity::Issuer::Dev(Box::new(
                 CertificateAuthority::load_or_create(dir, &cfg.trust_domain)?,
             )),
