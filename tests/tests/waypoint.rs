@@ -258,6 +258,19 @@ fn grpc_upgrades_and_opaque_tcp_pass_through_the_waypoint() {
     // Not HTTP: forwarded as bytes to an endpoint.
     let echoed = exchange(&client, vip(81), b"opaque bytes \x00\x01").unwrap();
     assert_eq!(echoed, b"opaque bytes \x00\x01");
+    poll(
+        "opaque TCP counted by the waypoint",
+        Duration::from_secs(10),
+        || {
+            let m = c.waypoint_metrics("waypoint").ok()?;
+            let must = [
+                "reporter=\"waypoint\"",
+                "destination_service=\"order-service.default.svc.cluster.local\"",
+            ];
+            (metric(&m, "istio_tcp_received_bytes_total", &must) >= 15.0).then_some(())
+        },
+    )
+    .unwrap();
 }
 
 fn served(c: &Cluster, pod: &str) -> u64 {

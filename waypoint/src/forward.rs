@@ -430,6 +430,38 @@ fn build(
     Ok(req)
 }
 
+fn tcp_labels(
+    down: &Downstream,
+    w: &Workload,
+    service_key: &str,
+    flags: ResponseFlags,
+) -> crate::metrics::TcpLabels {
+    let unknown = || "unknown".to_string();
+    crate::metrics::TcpLabels {
+        reporter: crate::metrics::Reporter::waypoint,
+        source_workload: down
+            .client
+            .as_ref()
+            .map_or_else(unknown, |c| c.name.clone()),
+        source_workload_namespace: down
+            .client
+            .as_ref()
+            .map_or_else(unknown, |c| c.namespace.clone()),
+        source_principal: down
+            .peer_identity
+            .as_ref()
+            .map_or_else(unknown, ToString::to_string),
+        destination_workload: w.name.clone(),
+        destination_workload_namespace: w.namespace.clone(),
+        destination_service: service_key
+            .split_once('/')
+            .map_or(service_key, |(_, h)| h)
+            .to_string(),
+        response_flags: flags,
+        connection_security_policy: "mutual_tls",
+    }
+}
+
 /// Non-HTTP traffic to a waypoint-bound service: bytes to one of its endpoints.
 pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream, mut io: S) {
     let snap = ctx.state.load();
@@ -447,16 +479,30 @@ pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream
         return;
     };
     let target = Snapshot::target_port(&down.service, &w, down.port).unwrap_or(down.port);
+    let labels = |flags| tcp_labels(down, &w, &dest.service, flags);
+    let m = &ctx.metrics.tcp;
     match dial(ctx, down, &w, target, limits.connect_timeout).await {
         Ok(mut up) => {
             cluster.record(w.ip, Outcome::Status(200), endpoints.len());
-            if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut up).await {
-                tracing::debug!(error = %e, "opaque TCP ended with error");
-            }
+            let l = labels(ResponseFlags::None);
+            m.opened.get_or_create(&l).inc();
+            let (rx, tx) = match tokio::io::copy_bidirectional(&mut io, &mut up).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    tracing::debug!(error = %e, "opaque TCP ended with error");
+                    (0, 0)
+                }
+            };
+            m.received_bytes.get_or_create(&l).inc_by(rx);
+            m.sent_bytes.get_or_create(&l).inc_by(tx);
+            m.closed.get_or_create(&l).inc();
         }
         Err(e) => {
             cluster.record(w.ip, Outcome::LocalFailure, endpoints.len());
             tracing::info!(error = %e, upstream = %w.ip, "opaque TCP: upstream unreachable");
+            let l = labels(ResponseFlags::UF);
+            m.opened.get_or_create(&l).inc();
+            m.closed.get_or_create(&l).inc();
         }
     }
 }

@@ -106,8 +106,31 @@ pub struct DenyLabels {
     pub reason: &'static str,
 }
 
+/// Opaque TCP through the waypoint (`istio_tcp_*`, as Istio's waypoint reports non-HTTP traffic).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct TcpMetrics {
+    pub opened: Family<TcpLabels, Counter>,
+    pub closed: Family<TcpLabels, Counter>,
+    pub sent_bytes: Family<TcpLabels, Counter>,
+    pub received_bytes: Family<TcpLabels, Counter>,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub tcp: TcpMetrics,
     pub denied: Family<DenyLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
@@ -117,6 +140,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            tcp: TcpMetrics::default(),
             denied: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -129,6 +153,26 @@ impl Metrics {
         );
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests handled", m.requests.clone());
+        istio.register(
+            "tcp_connections_opened",
+            "Opaque TCP connections opened",
+            m.tcp.opened.clone(),
+        );
+        istio.register(
+            "tcp_connections_closed",
+            "Opaque TCP connections closed",
+            m.tcp.closed.clone(),
+        );
+        istio.register(
+            "tcp_sent_bytes",
+            "Bytes sent to the client (response direction)",
+            m.tcp.sent_bytes.clone(),
+        );
+        istio.register(
+            "tcp_received_bytes",
+            "Bytes received from the client (request direction)",
+            m.tcp.received_bytes.clone(),
+        );
         istio.register(
             "request_duration_milliseconds",
             "Request duration",
