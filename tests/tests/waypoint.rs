@@ -533,6 +533,17 @@ fn faults_direct_responses_redirects_rewrites_header_ops_and_mirrors() {
     require_netns!();
     let c = order_cluster();
     c.apply("vs.yaml", FEATURES_VS).unwrap();
+    c.apply(
+        "dr-stable.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: stable}\nspec:\n  host: order-service-stable\n  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}\n",
+    )
+    .unwrap();
+    c.wait_l7(
+        "waypoint",
+        "default/order-service-stable.default.svc.cluster.local",
+        |_| true,
+    )
+    .unwrap();
     c.wait_l7("waypoint", SERVICE, |s| {
         s["routes"].as_array().is_some_and(|r| r.len() == 7)
     })
@@ -560,6 +571,11 @@ fn faults_direct_responses_redirects_rewrites_header_ops_and_mirrors() {
 
     let r = get(Req::get("/api/v1/orders").header("x-secret", "s3cret"));
     assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-seen-version"),
+        "HTTP/2.0",
+        "h2UpgradePolicy: UPGRADE"
+    );
     assert_eq!(r.header("x-version"), "v1", "routed to the stable service");
     assert_eq!(r.header("x-seen-path"), "/v2/orders", "prefix rewritten");
     assert_eq!(

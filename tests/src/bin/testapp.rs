@@ -146,6 +146,7 @@ impl HttpApp {
                     .map(str::to_string)
             })
             .unwrap_or_default();
+        let version = req.version();
         let mut body = format!("pod={}\nversion={}\npath={path}\n", self.pod, self.version);
         for (k, v) in req.headers() {
             body.push_str(&format!("seen-{k}: {}\n", v.to_str().unwrap_or("?")));
@@ -195,6 +196,7 @@ impl HttpApp {
             .header("x-version", &self.version)
             .header("x-seen-path", &path)
             .header("x-seen-host", &host)
+            .header("x-seen-version", format!("{:?}", version))
             .body(Full::new(Bytes::from(body)))
             .expect("valid response")
     }
