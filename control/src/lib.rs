@@ -6,11 +6,13 @@
 //!   waypoint's `mesh.l7.v1.L7Service`.
 //! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
 //! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model.
+//! - [`crds`]: the mesh kinds' CustomResourceDefinitions, derived from the model's Spec types (`meshctl crds`).
 //! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
 
 pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod crds;
 pub mod deploy;
 pub mod kube;
 pub mod l7;

@@ -25,6 +25,9 @@ enum Command {
         /// Directory of YAML files (searched recursively).
         dir: PathBuf,
     },
+    /// Print the mesh's CustomResourceDefinitions as multi-document YAML (for a chart's `crds/` folder:
+    /// `meshctl crds > charts/mesh/crds/crds.yaml`).
+    Crds,
     /// Manage waypoints (L7 proxies for a namespace's services).
     Waypoint {
         #[command(subcommand)]
@@ -82,9 +85,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze { dir } => analyze(&dir),
+        Command::Crds => crds(),
         Command::Waypoint {
             command: WaypointCommand::Apply(args),
         } => waypoint_apply(&args),
+    }
+}
+
+fn crds() -> ExitCode {
+    match mesh_control::crds::to_yaml() {
+        // A closed pipe (`meshctl crds | head`) is the reader's choice, not an error worth a panic.
+        Ok(yaml) => match std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing the CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: serializing the CRDs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{MeshDuration, ObjectMeta, LABEL_WAYPOINT_FOR};
@@ -19,14 +21,25 @@ pub struct Gateway {
     pub spec: GatewaySpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "Gateway",
+    doc = "Gateway API Gateway; of class istio-waypoint it declares a waypoint",
+    plural = "gateways",
+    namespaced,
+    root = "GatewayResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Listener {
     pub name: String,
@@ -37,13 +50,13 @@ pub struct Listener {
     pub allowed_routes: Option<AllowedRoutes>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct AllowedRoutes {
     pub namespaces: Option<RouteNamespaces>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RouteNamespaces {
     /// `Same` (default), `All` or `Selector`.
@@ -105,7 +118,7 @@ impl Gateway {
 }
 
 /// Where a route attaches: a Gateway (ingress or waypoint) or, for mesh routing (GAMMA), a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ParentReference {
     /// Default `gateway.networking.k8s.io`; `""` (core) for a Service parent.
@@ -146,7 +159,18 @@ pub struct HttpRoute {
     pub spec: HttpRouteSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    doc = "Gateway API HTTP routing, attached to a Gateway or a Service",
+    plural = "httproutes",
+    namespaced,
+    root = "HttpRouteResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     pub parent_refs: Vec<ParentReference>,
@@ -154,7 +178,7 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteRule {
     pub name: Option<String>,
@@ -165,7 +189,7 @@ pub struct HttpRouteRule {
     pub timeouts: Option<HttpRouteTimeouts>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     pub path: Option<HttpPathMatch>,
@@ -174,7 +198,7 @@ pub struct HttpRouteMatch {
     pub method: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpPathMatch {
     #[serde(rename = "type")]
@@ -192,7 +216,7 @@ impl Default for HttpPathMatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PathMatchType {
     Exact,
     #[default]
@@ -201,7 +225,7 @@ pub enum PathMatchType {
 }
 
 /// A header or query-parameter match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpHeaderMatch {
     #[serde(rename = "type")]
@@ -210,14 +234,14 @@ pub struct HttpHeaderMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum HeaderMatchType {
     #[default]
     Exact,
     RegularExpression,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum HttpRouteFilterType {
     RequestHeaderModifier,
     ResponseHeaderModifier,
@@ -241,7 +265,7 @@ impl HttpRouteFilterType {
 }
 
 /// A filter: `type` says which one of the other fields holds its configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteFilter {
     #[serde(rename = "type")]
@@ -254,7 +278,7 @@ pub struct HttpRouteFilter {
     pub request_mirror: Option<HttpRequestMirrorFilter>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpHeaderFilter {
     pub set: Vec<HttpHeader>,
@@ -262,14 +286,14 @@ pub struct HttpHeaderFilter {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpHeader {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRequestRedirectFilter {
     pub scheme: Option<String>,
@@ -280,14 +304,14 @@ pub struct HttpRequestRedirectFilter {
     pub status_code: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpUrlRewriteFilter {
     pub hostname: Option<String>,
     pub path: Option<HttpPathModifier>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpPathModifier {
     #[serde(rename = "type")]
@@ -296,13 +320,13 @@ pub struct HttpPathModifier {
     pub replace_prefix_match: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PathModifierType {
     ReplaceFullPath,
     ReplacePrefixMatch,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRequestMirrorFilter {
     pub backend_ref: BackendObjectReference,
@@ -310,7 +334,7 @@ pub struct HttpRequestMirrorFilter {
     pub percent: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct BackendObjectReference {
     /// Default `""` (core).
@@ -334,7 +358,7 @@ impl Default for BackendObjectReference {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpBackendRef {
     /// Default `""` (core).
@@ -363,7 +387,7 @@ impl Default for HttpBackendRef {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteTimeouts {
     pub request: Option<MeshDuration>,
@@ -377,7 +401,18 @@ pub struct GrpcRoute {
     pub spec: GrpcRouteSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    doc = "Gateway API gRPC routing, attached to a Gateway or a Service",
+    plural = "grpcroutes",
+    namespaced,
+    root = "GrpcRouteResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GrpcRouteSpec {
     pub parent_refs: Vec<ParentReference>,
@@ -385,7 +420,7 @@ pub struct GrpcRouteSpec {
     pub rules: Vec<GrpcRouteRule>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GrpcRouteRule {
     pub name: Option<String>,
@@ -395,14 +430,14 @@ pub struct GrpcRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct GrpcRouteMatch {
     pub method: Option<GrpcMethodMatch>,
     pub headers: Vec<HttpHeaderMatch>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct GrpcMethodMatch {
     #[serde(rename = "type")]

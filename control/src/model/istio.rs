@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{MeshDuration, ObjectMeta, ANNOTATION_NODE, LABEL_USE_WAYPOINT};
@@ -16,7 +18,16 @@ pub struct WorkloadEntry {
     pub spec: WorkloadEntrySpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "WorkloadEntry",
+    doc = "A workload outside Kubernetes that Services can select",
+    plural = "workloadentries",
+    namespaced,
+    root = "WorkloadEntryResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadEntrySpec {
     /// An IP address (or a DNS name, which this mesh does not resolve).
@@ -88,7 +99,7 @@ impl WorkloadEntry {
 
 /// Istio `StringMatch`: at most one of the three may be set. An empty match means "present" in header
 /// matches, as in Istio.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct StringMatch {
     pub exact: Option<String>,
@@ -131,7 +142,7 @@ impl StringMatch {
 }
 
 /// Istio `Percent`: a double between 0 and 100.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct Percent {
     pub value: f64,
@@ -144,7 +155,16 @@ pub struct VirtualService {
     pub spec: VirtualServiceSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "VirtualService",
+    doc = "Istio routing rules for a host: HTTP and TCP routes, retries, faults, mirrors",
+    plural = "virtualservices",
+    namespaced,
+    root = "VirtualServiceResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
@@ -156,7 +176,7 @@ pub struct VirtualServiceSpec {
 }
 
 /// One `spec.http[]` rule, tried in order; the first whose `match` fits wins.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct VsHttpRoute {
     pub name: Option<String>,
@@ -179,7 +199,7 @@ pub struct VsHttpRoute {
 }
 
 /// One `mirrors[]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpMirrorPolicy {
     pub destination: Destination,
@@ -187,7 +207,7 @@ pub struct HttpMirrorPolicy {
 }
 
 /// All the conditions inside one match entry must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpMatchRequest {
     pub name: Option<String>,
@@ -204,7 +224,7 @@ pub struct HttpMatchRequest {
     pub ignore_uri_case: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRouteDestination {
     pub destination: Destination,
@@ -213,7 +233,7 @@ pub struct HttpRouteDestination {
     pub headers: Option<Headers>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Destination {
     /// Short name (resolved in the VirtualService's namespace) or FQDN; see [`super::resolve_host`].
@@ -222,13 +242,13 @@ pub struct Destination {
     pub port: Option<PortSelector>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct PortSelector {
     pub number: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRetry {
     pub attempts: u32,
@@ -237,14 +257,14 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpFaultInjection {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultDelay {
     /// Unset means 0%: Istio's implementation injects nothing then, and its docs were changed to say so
@@ -253,7 +273,7 @@ pub struct FaultDelay {
     pub fixed_delay: Option<MeshDuration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultAbort {
     /// Unset means 0%, as for [`FaultDelay::percentage`].
@@ -261,14 +281,14 @@ pub struct FaultAbort {
     pub http_status: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HeaderOperations {
     pub set: BTreeMap<String, String>,
@@ -276,7 +296,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpRewrite {
     /// Replaces the part of the path matched by the `uri` prefix (or the whole path for exact matches).
@@ -284,7 +304,7 @@ pub struct HttpRewrite {
     pub authority: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRedirect {
     pub uri: Option<String>,
@@ -297,14 +317,14 @@ pub struct HttpRedirect {
     pub redirect_code: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpDirectResponse {
     pub status: u32,
     pub body: Option<HttpBody>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct HttpBody {
     pub string: Option<String>,
@@ -324,13 +344,13 @@ impl HttpBody {
 }
 
 /// A `spec.tcp[]` rule: only the route is modeled (L4 matches are reported as unsupported fields).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct VsTcpRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RouteDestination {
     pub destination: Destination,

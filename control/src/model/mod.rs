@@ -27,6 +27,7 @@ pub mod istio;
 pub mod k8s;
 mod load;
 pub mod meta;
+pub mod schema;
 pub mod security;
 mod set;
 pub mod smi;

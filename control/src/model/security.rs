@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::meta::ObjectMeta;
 use super::validate::{check_port, parse_cidr, Findings};
 
 /// `selector: { matchLabels: ... }` on a policy; absent means the whole namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
@@ -22,24 +24,37 @@ pub struct PeerAuthentication {
     pub spec: PeerAuthenticationSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    doc = "Istio mutual TLS mode for workloads, per port if needed",
+    plural = "peerauthentications",
+    namespaced,
+    root = "PeerAuthenticationResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     pub mtls: Option<PeerMtls>,
     /// Port → mode; YAML keys may be numbers or quoted numbers (Istio's JSON form).
     #[serde(deserialize_with = "port_map")]
+    // JSON (and so the apiserver) only has string keys: a YAML `8080:` key arrives as "8080".
+    #[schemars(with = "BTreeMap<String, PeerMtls>")]
     pub port_level_mtls: BTreeMap<u32, PeerMtls>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct PeerMtls {
     pub mode: MtlsMode,
 }
 
 /// `UNSET` inherits from the parent scope (workload → namespace → mesh); the mesh default is PERMISSIVE.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     #[default]
@@ -143,7 +158,18 @@ pub struct AuthorizationPolicy {
     pub spec: AuthorizationPolicySpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    doc = "Istio access control for workloads, Services or waypoints",
+    plural = "authorizationpolicies",
+    namespaced,
+    root = "AuthorizationPolicyResource"
+)]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// Binds the policy to workloads (enforced by ztunnel: L4 only).
@@ -157,7 +183,7 @@ pub struct AuthorizationPolicySpec {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthzAction {
     #[default]
@@ -168,7 +194,7 @@ pub enum AuthzAction {
     Custom,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct PolicyTargetReference {
     pub group: String,
@@ -177,14 +203,14 @@ pub struct PolicyTargetReference {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct ExtensionProvider {
     pub name: String,
 }
 
 /// All of `from`, `to` and `when` must match (each list matches if any entry does; empty matches all).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct Rule {
     pub from: Vec<RuleFrom>,
@@ -192,19 +218,19 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RuleFrom {
     pub source: Option<Source>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RuleTo {
     pub operation: Option<Operation>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Source {
     pub principals: Vec<String>,
@@ -219,15 +245,17 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Operation {
     pub hosts: Vec<String>,
     pub not_hosts: Vec<String>,
     /// Port numbers as strings, as Istio has them; plain YAML numbers are accepted too.
     #[serde(deserialize_with = "string_list")]
+    #[schemars(schema_with = "super::schema::int_or_string_list")]
     pub ports: Vec<String>,
     #[serde(deserialize_with = "string_list")]
+    #[schemars(schema_with = "super::schema::int_or_string_list")]
     pub not_ports: Vec<String>,
     pub methods: Vec<String>,
     pub not_methods: Vec<String>,
@@ -235,13 +263,15 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Condition {
     pub key: String,
     #[serde(deserialize_with = "string_list")]
+    #[schemars(schema_with = "super::schema::int_or_string_list")]
     pub values: Vec<String>,
     #[serde(deserialize_with = "string_list")]
+    #[schemars(schema_with = "super::schema::int_or_string_list")]
     pub not_values: Vec<String>,
 }
 

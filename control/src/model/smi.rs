@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::meta::ObjectMeta;
@@ -16,7 +18,18 @@ pub struct TrafficSplit {
     pub spec: TrafficSplitSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "split.smi-spec.io",
+    version = "v1alpha2",
+    kind = "TrafficSplit",
+    doc = "SMI weighted split of a Service over backend Services",
+    plural = "trafficsplits",
+    namespaced,
+    root = "TrafficSplitResource"
+)]
 #[serde(default)]
 pub struct TrafficSplitSpec {
     /// The root Service clients address (name in the split's namespace, or FQDN).
@@ -24,13 +37,14 @@ pub struct TrafficSplitSpec {
     pub backends: Vec<TrafficSplitBackend>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct TrafficSplitBackend {
     pub service: String,
     /// Relative weight. Integers are taken as written; v1alpha1 Kubernetes quantities (`"500m"`, `"1"`) are
     /// converted to milli-units, so weights within one split stay in proportion.
     #[serde(deserialize_with = "weight")]
+    #[schemars(schema_with = "super::schema::int_or_string")]
     pub weight: i64,
 }
 
