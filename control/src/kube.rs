@@ -29,6 +29,7 @@ pub const WATCHED: &[Watched] = &[
     Watched("", "v1", "Namespace", "namespaces"),
     Watched("", "v1", "Pod", "pods"),
     Watched("", "v1", "Service", "services"),
+    Watched("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     Watched(
         "networking.istio.io",
         "v1",

@@ -169,6 +169,56 @@ fn service_address(set: &ConfigSet, s: &K8sService) -> Option<Resource> {
 /// Istio's default root namespace: policies there apply mesh-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
+/// One Service an EndpointSlice address backs.
+struct SliceBack {
+    service: String,
+    ports: PortList,
+    slice: String,
+}
+
+/// (namespace, address) → the Services it backs through EndpointSlices.
+type Sliced = BTreeMap<(String, IpAddr), Vec<SliceBack>>;
+
+/// Services without a selector take their endpoints from EndpointSlices (labelled with the Service's name); a
+/// Service port maps to the slice port of the same name.
+fn slice_backs(set: &ConfigSet) -> Sliced {
+    let mut out = Sliced::new();
+    for slice in set.endpoint_slices() {
+        let ns = slice.metadata.namespace.as_str();
+        let Some(svc) = slice.service_name().and_then(|name| set.service(ns, name)) else {
+            continue;
+        };
+        if !svc.spec.selector.is_empty() {
+            continue;
+        }
+        let ports: Vec<Port> = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let target = slice.port_named(p.name.as_deref().unwrap_or(""))?;
+                Some(Port {
+                    service_port: p.port,
+                    target_port: target,
+                })
+            })
+            .collect();
+        let key = service_key(&svc.metadata.name, ns);
+        for ip in slice.ready_addresses() {
+            out.entry((ns.to_string(), ip))
+                .or_default()
+                .push(SliceBack {
+                    service: key.clone(),
+                    ports: PortList {
+                        ports: ports.clone(),
+                    },
+                    slice: slice.metadata.name.clone(),
+                });
+        }
+    }
+    out
+}
+
 pub fn translate(set: &ConfigSet, trust_domain: &str) -> Translated {
     translate_with(set, trust_domain, DEFAULT_ROOT_NAMESPACE)
 }
@@ -185,8 +235,9 @@ pub fn translate_with(set: &ConfigSet, trust_domain: &str, root_namespace: &str)
             .or_default()
             .push(s);
     }
+    let mut sliced = slice_backs(set);
     for e in endpoints(set) {
-        let backs = by_ns
+        let mut backs: BTreeMap<String, PortList> = by_ns
             .get(e.namespace)
             .into_iter()
             .flatten()
@@ -202,6 +253,9 @@ pub fn translate_with(set: &ConfigSet, trust_domain: &str, root_namespace: &str)
                 )
             })
             .collect();
+        if let Some(extra) = sliced.remove(&(e.namespace.to_string(), e.ip)) {
+            backs.extend(extra.into_iter().map(|b| (b.service, b.ports)));
+        }
         // A waypoint terminates HBONE itself wherever it runs (Istio labels its pods out of ambient capture), and
         // its identity is not one its node's ztunnel may ask for.
         let hbone = e.waypoint || in_ambient(set, &e);
@@ -248,6 +302,27 @@ pub fn translate_with(set: &ConfigSet, trust_domain: &str, root_namespace: &str)
             r#type: Some(address::Type::Workload(w)),
         };
         addresses.insert(e.uid, Resource::new(&addr));
+    }
+    // Slice addresses that are no Pod or WorkloadEntry: endpoints outside the mesh, reached as plain TCP.
+    for ((ns, ip), backs) in sliced {
+        let slice = backs.first().map(|b| b.slice.clone()).unwrap_or_default();
+        let uid = format!("Kubernetes/discovery.k8s.io/EndpointSlice/{ns}/{slice}/{ip}");
+        let w = Workload {
+            uid: uid.clone(),
+            name: slice.clone(),
+            namespace: ns.clone(),
+            addresses: vec![octets(&ip)],
+            tunnel_protocol: TunnelProtocol::None as i32,
+            trust_domain: trust_domain.to_string(),
+            canonical_name: slice.clone(),
+            workload_name: slice,
+            services: backs.into_iter().map(|b| (b.service, b.ports)).collect(),
+            ..Default::default()
+        };
+        let addr = Address {
+            r#type: Some(address::Type::Workload(w)),
+        };
+        addresses.insert(uid, Resource::new(&addr));
     }
     for s in set.services() {
         // A Service without a cluster IP (headless, or not allocated yet) has no address of its own.

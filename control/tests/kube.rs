@@ -34,6 +34,12 @@ fn answer(path: &str) -> String {
             serde_json::json!([{"metadata": {"name": "web", "namespace": "prod", "resourceVersion": "1"},
                 "spec": {"clusterIP": "198.18.255.5", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}]),
         ),
+        "/apis/discovery.k8s.io/v1/endpointslices" => list(
+            "EndpointSlice",
+            serde_json::json!([{"metadata": {"name": "ext-1", "namespace": "prod", "resourceVersion": "1",
+                "labels": {"kubernetes.io/service-name": "ext"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": ["198.51.100.7"]}], "ports": [{"port": 443}]}]),
+        ),
         "/apis/networking.istio.io/v1/virtualservices" => list(
             "VirtualService",
             serde_json::json!([
@@ -100,7 +106,10 @@ async fn watchers_feed_the_model_with_validation_and_events() {
     tokio::spawn(mesh_control::kube::run(client, tx));
 
     let set = wait_for(&mut rx, "the initial lists", |s| {
-        s.pods().count() >= 1 && s.services().count() == 1 && s.virtual_services().count() == 1
+        s.pods().count() >= 1
+            && s.services().count() == 1
+            && s.virtual_services().count() == 1
+            && s.endpoint_slices().count() == 1
     })
     .await;
     assert!(set.namespace("prod").is_some_and(|n| n.is_ambient()));

@@ -170,3 +170,51 @@ fn l7_resources_are_published_by_service_key() {
     let out = translate(&set_of(SHOP), "cluster.local");
     assert!(out.resources[L7_SERVICE_TYPE_URL].is_empty());
 }
+
+#[test]
+fn a_service_without_selector_takes_its_endpoints_from_endpoint_slices() {
+    let yaml = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy-db, namespace: shop}
+spec: {clusterIP: 198.19.96.9, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-proxy, namespace: shop, labels: {app: db-proxy}}
+spec: {nodeName: node1, serviceAccountName: db-proxy}
+status: {podIP: 198.18.1.20}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-db-abc, namespace: shop, labels: {kubernetes.io/service-name: legacy-db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}]
+endpoints:
+- addresses: [198.18.1.20]
+- addresses: [198.51.100.7]
+- addresses: [198.51.100.8]
+  conditions: {ready: false}
+";
+    let out = translate(&set_of(yaml), "cluster.local");
+    let key = "shop/legacy-db.shop.svc.cluster.local";
+    // A pod address: the pod backs the service, on the slice's port.
+    let pod = workload(&out, "Kubernetes//Pod/shop/db-proxy");
+    let ports = &pod.services[key].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (5432, 15432));
+    // An address outside the cluster: a workload of its own, reached without HBONE.
+    let ext = workload(
+        &out,
+        "Kubernetes/discovery.k8s.io/EndpointSlice/shop/legacy-db-abc/198.51.100.7",
+    );
+    assert_eq!(ext.tunnel_protocol, TunnelProtocol::None as i32);
+    assert_eq!(ext.services[key].ports[0].target_port, 15432);
+    // Not ready: not an endpoint.
+    assert!(!out.resources[ADDRESS_TYPE_URL]
+        .keys()
+        .any(|k| k.ends_with("198.51.100.8")));
+}

@@ -328,3 +328,89 @@ impl Service {
         }
     }
 }
+
+/// The label tying an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// `discovery.k8s.io/v1` EndpointSlice: the endpoints of a Service without a selector (its endpoints are
+/// managed by hand or by another controller). Services with a selector get theirs from Pods.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EndpointSlice {
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    pub endpoints: Vec<SliceEndpoint>,
+    pub ports: Vec<SlicePort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SliceEndpoint {
+    pub addresses: Vec<String>,
+    pub conditions: SliceConditions,
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SliceConditions {
+    /// Absent means ready, as Kubernetes defines it.
+    pub ready: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlicePort {
+    pub name: Option<String>,
+    pub port: Option<u32>,
+}
+
+impl EndpointSlice {
+    /// The Service this slice belongs to.
+    pub fn service_name(&self) -> Option<&str> {
+        self.metadata.label(LABEL_SERVICE_NAME)
+    }
+
+    /// Addresses of the ready endpoints.
+    pub fn ready_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.endpoints
+            .iter()
+            .filter(|e| e.conditions.ready != Some(false))
+            .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
+    }
+
+    /// The port named `name` (a Service port's name; unnamed for single-port Services).
+    pub fn port_named(&self, name: &str) -> Option<u32> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == name)
+            .and_then(|p| p.port)
+    }
+
+    pub(crate) fn validate(&self, f: &mut Findings) {
+        if self.service_name().is_none() {
+            f.error(
+                format!("metadata.labels.{LABEL_SERVICE_NAME}"),
+                "an EndpointSlice must name its Service",
+            );
+        }
+        if !matches!(self.address_type.as_str(), "IPv4" | "IPv6" | "FQDN" | "") {
+            f.error("addressType", "must be IPv4, IPv6 or FQDN");
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                if self.address_type != "FQDN" && a.parse::<IpAddr>().is_err() {
+                    f.error(
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        format!("{a:?} is not an IP address"),
+                    );
+                }
+            }
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if let Some(port) = p.port {
+                f.port(format!("ports[{i}].port"), port);
+            }
+        }
+    }
+}

@@ -96,6 +96,7 @@ fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<String>), (Stri
         Kind::Namespace => wrap(value, Object::Namespace),
         Kind::Pod => wrap(value, Object::Pod),
         Kind::Service => wrap(value, Object::Service),
+        Kind::EndpointSlice => wrap(value, Object::EndpointSlice),
         Kind::WorkloadEntry => wrap(value, Object::WorkloadEntry),
         Kind::VirtualService => wrap(value, Object::VirtualService),
         Kind::DestinationRule => wrap(value, Object::DestinationRule),

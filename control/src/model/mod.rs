@@ -54,6 +54,7 @@ pub enum Kind {
     Namespace,
     Pod,
     Service,
+    EndpointSlice,
     WorkloadEntry,
     VirtualService,
     DestinationRule,
@@ -66,10 +67,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
+        Kind::EndpointSlice,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -87,6 +89,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
@@ -103,6 +106,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service => "",
+            Kind::EndpointSlice => "discovery.k8s.io",
             Kind::WorkloadEntry | Kind::VirtualService | Kind::DestinationRule => {
                 "networking.istio.io"
             }
@@ -115,7 +119,7 @@ impl Kind {
     /// Versions accepted in `apiVersion`; the first is the one written in config dumps.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => &["v1"],
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice => &["v1"],
             Kind::WorkloadEntry
             | Kind::VirtualService
             | Kind::DestinationRule
@@ -150,7 +154,10 @@ impl Kind {
     /// Istio analysis only speaks about mesh kinds' unknown fields; core objects from `kubectl get -o yaml`
     /// carry hundreds of fields the mesh rightly ignores.
     pub(crate) fn warn_unknown_fields(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Pod | Kind::Service)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice
+        )
     }
 }
 
@@ -201,6 +208,7 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     Service(Service),
+    EndpointSlice(EndpointSlice),
     WorkloadEntry(WorkloadEntry),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
@@ -219,6 +227,7 @@ macro_rules! each_object {
             Object::Namespace($o) => $body,
             Object::Pod($o) => $body,
             Object::Service($o) => $body,
+            Object::EndpointSlice($o) => $body,
             Object::WorkloadEntry($o) => $body,
             Object::VirtualService($o) => $body,
             Object::DestinationRule($o) => $body,
@@ -238,6 +247,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::WorkloadEntry(_) => Kind::WorkloadEntry,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,

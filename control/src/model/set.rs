@@ -7,8 +7,9 @@ use serde::{Serialize, Serializer};
 
 use super::meta::labels_match;
 use super::{
-    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind, Namespace, Object,
-    ObjectKey, PeerAuthentication, Pod, Service, TrafficSplit, VirtualService, WorkloadEntry,
+    AuthorizationPolicy, DestinationRule, EndpointSlice, Gateway, GrpcRoute, HttpRoute, Kind,
+    Namespace, Object, ObjectKey, PeerAuthentication, Pod, Service, TrafficSplit, VirtualService,
+    WorkloadEntry,
 };
 
 /// One stored object and the file it was read from (`None` for objects built in code).
@@ -131,6 +132,7 @@ impl ConfigSet {
         namespaces: Namespace => Namespace;
         pods: Pod => Pod;
         services: Service => Service;
+        endpoint_slices: EndpointSlice => EndpointSlice;
         workload_entries: WorkloadEntry => WorkloadEntry;
         virtual_services: VirtualService => VirtualService;
         destination_rules: DestinationRule => DestinationRule;

@@ -302,6 +302,7 @@ pub(crate) fn validate_object(object: &Object) -> Vec<Finding> {
         Object::Namespace(o) => o.validate(&mut f),
         Object::Pod(o) => o.validate(&mut f),
         Object::Service(o) => o.validate(&mut f),
+        Object::EndpointSlice(o) => o.validate(&mut f),
         Object::WorkloadEntry(o) => o.validate(&mut f),
         Object::VirtualService(o) => o.validate(&mut f),
         Object::DestinationRule(o) => o.validate(&mut f),
