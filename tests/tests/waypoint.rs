@@ -258,6 +258,17 @@ fn grpc_upgrades_and_opaque_tcp_pass_through_the_waypoint() {
     // Not HTTP: forwarded as bytes to an endpoint.
     let echoed = exchange(&client, vip(81), b"opaque bytes \x00\x01").unwrap();
     assert_eq!(echoed, b"opaque bytes \x00\x01");
+    // Behind a waypoint, the destination ztunnel reports the waypoint as the source (as Istio does).
+    let m = c.metrics(0).unwrap() + &c.metrics(1).unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("source_workload=\"waypoint\"")
+                && l.contains(
+                    "source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\""
+                )),
+        "{m}"
+    );
     poll(
         "opaque TCP counted by the waypoint",
         Duration::from_secs(10),

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use mesh_core::workload::authz::ConnInfo;
+use mesh_core::workload::state::Workload;
 
 use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
 use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, Transport};
@@ -77,7 +78,17 @@ impl Handler {
             .get("forwarded")
             .and_then(|v| v.to_str().ok())
             .and_then(mesh_core::hbone::parse_forwarded_for);
-        let src = src_addr.and_then(|a| snap.workload(&a.ip()).cloned());
+        // The source is whoever the mTLS peer is: the workload named by `Forwarded` when that is the peer,
+        // else the peer itself (a waypoint forwarding for the original client, as Istio reports it).
+        let peer_is = |w: &Workload| req.peer_identity.as_ref() == Some(&w.identity(td));
+        let src = src_addr
+            .and_then(|a| snap.workload(&a.ip()).cloned())
+            .filter(|w| peer_is(w))
+            .or_else(|| {
+                snap.workload(&req.peer_addr.ip())
+                    .cloned()
+                    .filter(|w| peer_is(w))
+            });
         let svc = dst.as_deref().and_then(|d| snap.service_of(d));
         let ends = Ends {
             reporter: Reporter::destination,
