@@ -13,6 +13,42 @@ use tokio::net::TcpListener;
 
 use crate::drain::DrainWatch;
 
+/// A port that could not be opened, and which one it was.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what} {addr}: {source}")]
+pub struct ListenError {
+    pub what: &'static str,
+    pub addr: String,
+    pub source: std::io::Error,
+}
+
+pub async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|source| ListenError {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Opens every (name, address, handler) port, failing on the first that cannot be bound, then serves each
+/// until the drain starts: a process's admin, metrics and readiness ports.
+pub async fn serve_all(
+    servers: impl IntoIterator<Item = (&'static str, std::net::SocketAddr, Handler)>,
+    drain: &DrainWatch,
+) -> Result<(), ListenError> {
+    let mut bound = Vec::new();
+    for (what, addr, handler) in servers {
+        bound.push((bind(what, addr).await?, handler));
+    }
+    for (listener, handler) in bound {
+        tokio::spawn(serve(listener, handler, drain.clone()));
+    }
+    Ok(())
+}
+
 /// What a handler returns: status, content type, body.
 pub type Reply = (StatusCode, &'static str, String);
 pub type Handler = Arc<dyn Fn(&http::request::Parts) -> Reply + Send + Sync>;

@@ -24,7 +24,6 @@ use mesh_core::hbone::Pool;
 use mesh_core::identity::Identity;
 use mesh_core::workload::state::StateStore;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::cluster::Clusters;
 use crate::config::Config;
@@ -34,12 +33,8 @@ use crate::xds::L7Store;
 pub enum StartError {
     #[error(transparent)]
     Control(#[from] mesh_core::control::ControlError),
-    #[error("cannot listen on {what} {addr}: {source}")]
-    Listen {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] mesh_core::admin::ListenError),
 }
 
 /// What every connection and request shares.
@@ -116,16 +111,7 @@ impl Waypoint {
             drain: drain.watch(),
             cfg: cfg.clone(),
         });
-        let listen = |what: &'static str, addr: std::net::SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen {
-                    what,
-                    addr: addr.to_string(),
-                    source,
-                })
-        };
-        let hbone = listen("HBONE", cfg.hbone_addr).await?;
+        let hbone = mesh_core::admin::bind("HBONE", cfg.hbone_addr).await?;
         tokio::spawn(proxy::serve(ctx.clone(), hbone));
         // Fetched ahead of the first connection, renewed at half-life.
         let c = ctx.clone();
@@ -151,10 +137,7 @@ impl Waypoint {
                 mesh_core::admin::readiness_handler(ctx.drain.clone()),
             ),
         ];
-        for (what, addr, handler) in servers {
-            let l = listen(what, addr).await?;
-            tokio::spawn(mesh_core::admin::serve(l, handler, drain.watch()));
-        }
+        mesh_core::admin::serve_all(servers, &drain.watch()).await?;
         tracing::info!(identity = %ctx.identity, hbone = %cfg.hbone_addr, "waypoint started");
         Ok(Self { drain, cfg, ctx })
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use mesh_core::ca::CertificateAuthority;
 use mesh_core::drain::{Drain, DrainOutcome};
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 
 use crate::config::Config;
 use crate::inpod::Pods;
@@ -34,12 +34,8 @@ pub enum StartError {
     Ca(#[from] mesh_core::ca::CaError),
     #[error(transparent)]
     Control(#[from] mesh_core::control::ControlError),
-    #[error("cannot listen on {what} {addr}: {source}")]
-    Listen {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] mesh_core::admin::ListenError),
 }
 
 /// How ztunnel introduces itself over xDS (Istio's node id shape).
@@ -119,11 +115,12 @@ impl Ztunnel {
         }
         let sock_path = cfg.socket_path();
         let _ = std::fs::remove_file(&sock_path);
-        let sock = UnixListener::bind(&sock_path).map_err(|source| StartError::Listen {
-            what: "node agent socket",
-            addr: sock_path.display().to_string(),
-            source,
-        })?;
+        let sock =
+            UnixListener::bind(&sock_path).map_err(|source| mesh_core::admin::ListenError {
+                what: "node agent socket",
+                addr: sock_path.display().to_string(),
+                source,
+            })?;
         tokio::spawn(pods.clone().serve_socket(sock));
         // Records written while ztunnel was down, or without a nudge, are picked up here; certificates of
         // enrolled pods are fetched ahead of their first connection and renewed at half-life.
@@ -159,16 +156,7 @@ impl Ztunnel {
                 mesh_core::admin::readiness_handler(ctx.drain.clone()),
             ),
         ];
-        for (what, addr, handler) in servers {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen {
-                    what,
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            tokio::spawn(mesh_core::admin::serve(l, handler, drain.watch()));
-        }
+        mesh_core::admin::serve_all(servers, &drain.watch()).await?;
         tracing::info!(node = %cfg.node_name, admin = %cfg.admin_addr, "ztunnel started");
         Ok(Self { drain, cfg })
     }
