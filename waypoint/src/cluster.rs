@@ -174,6 +174,17 @@ impl Cluster {
     /// Records how an attempt at `ip` ended; ejects the host when its consecutive errors reach the threshold
     /// and the ejection cap allows. Returns true if this call ejected it.
     pub fn record(&self, ip: IpAddr, outcome: Outcome, total_hosts: usize) -> bool {
+        self.record_at(ip, outcome, total_hosts, Instant::now())
+    }
+
+    /// [`Cluster::record`] as of `now` (tests step time instead of sleeping).
+    pub fn record_at(
+        &self,
+        ip: IpAddr,
+        outcome: Outcome,
+        total_hosts: usize,
+        now: Instant,
+    ) -> bool {
         let policy = self.policy.load();
         let Some(od) = policy.outlier.as_ref() else {
             return false;
@@ -182,7 +193,6 @@ impl Cluster {
             Outcome::Status(s) => s,
             Outcome::LocalFailure => 503,
         };
-        let now = Instant::now();
         let mut hosts = self.hosts_lock();
         let ejected_now = hosts.values().filter(|h| h.ejected(now)).count();
         let h = hosts.entry(ip).or_default();
@@ -215,7 +225,10 @@ impl Cluster {
 
     /// Hosts currently ejected (for `/config_dump` and tests).
     pub fn ejected(&self) -> Vec<IpAddr> {
-        let now = Instant::now();
+        self.ejected_at(Instant::now())
+    }
+
+    pub fn ejected_at(&self, now: Instant) -> Vec<IpAddr> {
         self.hosts_lock()
             .iter()
             .filter(|(_, h)| h.ejected(now))

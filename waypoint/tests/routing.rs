@@ -212,18 +212,21 @@ fn five_consecutive_5xx_eject_a_host_which_returns_after_the_base_time() {
     );
     let eps = vec![workload("198.18.1.10"), workload("198.18.1.11")];
     let bad: IpAddr = "198.18.1.10".parse().unwrap();
+    // Time is stepped, not slept: `t(ms)` is that long after the start.
+    let t0 = std::time::Instant::now();
+    let t = |ms: u64| t0 + Duration::from_millis(ms);
     for _ in 0..4 {
-        assert!(!c.record(bad, Outcome::Status(503), 2));
+        assert!(!c.record_at(bad, Outcome::Status(503), 2, t(0)));
     }
     assert!(
-        !c.record(bad, Outcome::Status(200), 2),
+        !c.record_at(bad, Outcome::Status(200), 2, t(0)),
         "a success resets the count"
     );
     for _ in 0..4 {
-        assert!(!c.record(bad, Outcome::Status(500), 2));
+        assert!(!c.record_at(bad, Outcome::Status(500), 2, t(0)));
     }
     assert!(
-        c.record(bad, Outcome::LocalFailure, 2),
+        c.record_at(bad, Outcome::LocalFailure, 2, t(0)),
         "connect failures count as 5xx"
     );
     for _ in 0..50 {
@@ -233,18 +236,23 @@ fn five_consecutive_5xx_eject_a_host_which_returns_after_the_base_time() {
     // 10% of 2 hosts rounds to 0, yet one host may be ejected; not a second one.
     let good: IpAddr = "198.18.1.11".parse().unwrap();
     for _ in 0..5 {
-        assert!(!c.record(good, Outcome::Status(503), 2));
+        assert!(!c.record_at(good, Outcome::Status(503), 2, t(10)));
     }
-    std::thread::sleep(Duration::from_millis(350));
-    assert!(c.ejected().is_empty(), "back after the base ejection time");
-    // Ejected again: twice as long.
+    assert_eq!(c.ejected_at(t(290)), vec![bad], "ejected for the base time");
+    assert!(
+        c.ejected_at(t(310)).is_empty(),
+        "back after the base ejection time"
+    );
+    // Ejected again (within one interval, so the multiplier has not decayed): twice as long.
     for _ in 0..5 {
-        c.record(bad, Outcome::Status(503), 2);
+        c.record_at(bad, Outcome::Status(503), 2, t(400));
     }
-    std::thread::sleep(Duration::from_millis(350));
-    assert_eq!(c.ejected(), vec![bad], "second ejection lasts 2 × base");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(c.ejected().is_empty());
+    assert_eq!(
+        c.ejected_at(t(990)),
+        vec![bad],
+        "second ejection lasts 2 × base"
+    );
+    assert!(c.ejected_at(t(1010)).is_empty());
 }
 
 #[test]
