@@ -5,7 +5,7 @@
 //! authenticates callers by per-node bootstrap tokens from the control plane's config; Kubernetes mode will check
 //! projected service-account tokens (TokenReview) behind the same [`Authenticator`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,9 +68,7 @@ impl Authenticator for TokenAuthenticator {
     }
 }
 
-/// Which identities each node's pods run as, from the current config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeIdentities(pub BTreeMap<String, BTreeSet<Identity>>);
+pub use mesh_translate::NodeIdentities;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+use mesh_core::config::{env_override, load_yaml, ConfigError};
+use mesh_primitives::duration;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -97,7 +98,7 @@ impl Default for Config {
         Self {
             config_source: ConfigSource::Files,
             trust_domain: "cluster.local".into(),
-            root_namespace: crate::translate::DEFAULT_ROOT_NAMESPACE.into(),
+            root_namespace: mesh_translate::DEFAULT_ROOT_NAMESPACE.into(),
             waypoint_deployment: Default::default(),
             config_dir: PathBuf::from("/etc/mesh/config"),
             ca_dir: PathBuf::from("/var/lib/mesh/ca"),
@@ -163,7 +164,7 @@ impl Config {
             ];
             for (field, value) in fields {
                 // The two become segments of a SPIFFE ID: Kubernetes names, never empty or with a '/'.
-                if let Err(e) = crate::model::validate::check_subdomain(value) {
+                if let Err(e) = mesh_model::validate::check_subdomain(value) {
                     return invalid(&format!("workloadTokens[{i}].{field}"), e.to_string());
                 }
             }

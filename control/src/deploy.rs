@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 
-use crate::model::{ConfigSet, Gateway, LABEL_GATEWAY_NAME};
+use mesh_model::{ConfigSet, Gateway, LABEL_GATEWAY_NAME};
 
 /// How the waypoints are deployed (from the control plane's config).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -1,5 +1,5 @@
 //! Kubernetes mode: kube-rs watchers on Namespaces, Pods, Services and the mesh's CRDs feed the same model as
-//! file mode. Every object goes through the same parsing and validation (`model::load_str`), so an invalid
+//! file mode. Every object goes through the same parsing and validation (`mesh_model::load_value`), so an invalid
 //! object is rejected with the same message, and its last good version keeps serving.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{self, ConfigSet, Diagnostic, Object};
+use mesh_model::{self as model, ConfigSet, Diagnostic, Object};
 
 /// A watched kind: group, version, kind, plural.
 pub struct Watched(
@@ -190,8 +190,7 @@ fn build(
     let mut set = ConfigSet::new();
     let mut diagnostics = Vec::new();
     for ((i, ns, name), v) in objects {
-        let text = serde_json::to_string(v).unwrap_or_default();
-        let (parsed, diags) = model::load_str(&text, None);
+        let (parsed, diags) = model::load_value(v.clone());
         let failed = diags.iter().any(Diagnostic::is_error);
         diagnostics.extend(diags);
         if !failed {

@@ -1,23 +1,19 @@
-//! The control plane: owns identity (a CA) and configuration, and pushes it to every ztunnel and waypoint.
+//! `mesh-control`: the control plane process. It owns identity (a CA) and configuration, and pushes config to
+//! every ztunnel and waypoint. What it serves is decided elsewhere: the objects and their validation live in
+//! `mesh-model`, and their translation to xDS resources in `mesh-translate`; this crate does the I/O.
 //!
-//! - [`model`]: the Kubernetes and mesh objects a user applies, loaded from a directory of YAML and validated
-//!   (an invalid object keeps its last good version); `model::analyze` adds `istioctl analyze`-style checks.
-//! - [`translate`]: objects → xDS resources (Istio's workload API for ztunnel); [`l7`]: routing objects → the
-//!   waypoint's `mesh.l7.v1.L7Service`.
-//! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what.
-//! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model.
-//! - [`crds`]: the mesh kinds' CustomResourceDefinitions, derived from the model's Spec types (`meshctl crds`).
-//! - [`server`]: the process: config watching, snapshot publishing, gRPC with TLS, monitoring.
+//! - [`server`]: the process: config watching (files or Kubernetes), snapshot publishing, gRPC with TLS,
+//!   monitoring.
+//! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what;
+//!   [`token_review`]: Kubernetes-mode authentication of callers.
+//! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model; [`deploy`]: each waypoint Gateway's
+//!   ServiceAccount, Deployment and Service, server-side applied.
+//! - [`config`]: the process's typed config.
 
-pub mod authz;
 pub mod ca;
 pub mod config;
-pub mod crds;
 pub mod deploy;
 pub mod kube;
-pub mod l7;
-pub mod model;
 pub mod server;
 pub mod token_review;
-pub mod translate;
 pub mod xds;

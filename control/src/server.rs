@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::ca::{CaService, Caller, NodeIdentities, TokenAuthenticator};
 use crate::config::{Config, ConfigSource};
-use crate::model::{self, ConfigSet, Diagnostic};
 use crate::xds::{AdsService, Snapshot, XdsMetrics};
+use mesh_model::{self as model, ConfigSet, Diagnostic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -228,11 +228,9 @@ fn monitoring_handler(
     status: Arc<ArcSwap<Status>>,
 ) -> mesh_core::admin::Handler {
     Arc::new(move |req| match req.uri.path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            mesh_core::metrics::encode(&registry),
-        ),
+        p if mesh_core::admin::METRICS_PATHS.contains(&p) => {
+            mesh_core::admin::metrics_reply(&registry)
+        }
         "/ready" => mesh_core::admin::text(StatusCode::OK, "ready\n"),
         "/debug/config_dump" => mesh_core::admin::json(&**status.load()),
         "/debug/analyze" => {
@@ -282,7 +280,7 @@ impl Publisher {
         log_diagnostics(diagnostics);
         self.rejected
             .set(diagnostics.iter().filter(|d| d.is_error()).count() as i64);
-        let out = crate::translate::translate_with(set, &self.trust_domain, &self.root_namespace);
+        let out = mesh_translate::translate_with(set, &self.trust_domain, &self.root_namespace);
         self.version += 1;
         tracing::info!(
             version = self.version,

@@ -26,30 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca::Authenticator;
-
-/// One resource as served: its version is a hash of its bytes, so an unchanged resource keeps its version.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Resource {
-    pub version: String,
-    pub body: prost_types::Any,
-}
-
-impl Resource {
-    pub fn new<M: prost::Name>(msg: &M) -> Self {
-        let body =
-            prost_types::Any::from_msg(msg).expect("encoding a message into Any cannot fail");
-        Self {
-            version: format!("{:016x}", fnv1a(&body.value)),
-            body,
-        }
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use mesh_translate::Resource;
 
 /// Every resource of every type, as of one config change.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use mesh_control::model::ConfigSet;
+use mesh_model::ConfigSet;
 use tokio::sync::watch;
 
 type Handle = tower_test::mock::Handle<Request<kube::client::Body>, Response<Full<Bytes>>>;
@@ -127,7 +127,7 @@ async fn watchers_feed_the_model_with_validation_and_events() {
     );
     // The watch event adds a pod; translation sees both.
     let set = wait_for(&mut rx, "the watched pod", |s| s.pods().count() == 2).await;
-    let out = mesh_control::translate::translate(&set, "cluster.local");
+    let out = mesh_translate::translate(&set, "cluster.local");
     let nodes: Vec<&String> = out.nodes.0.keys().collect();
     assert_eq!(
         nodes,
@@ -233,7 +233,7 @@ fn gateway_set(gateways: &[&str]) -> ConfigSet {
         .map(|g| format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {g}, namespace: shop}}\nspec: {{gatewayClassName: istio-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n---\n"))
         .collect();
     let ingress = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}\n";
-    let (objects, diags) = mesh_control::model::load_str(&format!("{yaml}{ingress}"), None);
+    let (objects, diags) = mesh_model::load_str(&format!("{yaml}{ingress}"), None);
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
     let mut set = ConfigSet::new();
     for o in objects {
@@ -310,4 +310,31 @@ async fn each_waypoint_gateway_gets_an_account_a_deployment_and_a_service() {
         deletes.iter().all(|d| d.starts_with("DELETE ")) && deletes.len() == 3,
         "{deletes:?}"
     );
+}
+
+/// The control plane watches exactly what each CRD stores, so the two cannot drift apart.
+#[test]
+fn every_crd_is_watched_at_its_storage_version() {
+    for crd in mesh_model::crds::all() {
+        let kind = crd.spec.names.kind.as_str();
+        let storage = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.storage)
+            .map(|v| v.name.as_str())
+            .expect("a storage version");
+        let watched = mesh_control::kube::WATCHED
+            .iter()
+            .find(|w| w.2 == kind)
+            .unwrap_or_else(|| panic!("{kind} is not watched"));
+        assert_eq!(
+            (watched.0, watched.1, watched.3),
+            (
+                crd.spec.group.as_str(),
+                storage,
+                crd.spec.names.plural.as_str()
+            )
+        );
+    }
 }

@@ -68,15 +68,27 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     (status, "text/plain; charset=utf-8", body.into())
 }
 
-/// Prometheus metrics at `/metrics` (and Envoy's `/stats/prometheus`, where Istio's scrape configs look).
+/// The paths every process serves its Prometheus metrics on: `/metrics`, and Envoy's `/stats/prometheus`, where
+/// Istio's scrape configs look.
+pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
+
+/// The metrics reply, for a handler that serves more than metrics on one port (the control plane's 15014).
+pub fn metrics_reply(registry: &prometheus_client::registry::Registry) -> Reply {
+    (
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        crate::metrics::encode(registry),
+    )
+}
+
+/// Prometheus metrics at [`METRICS_PATHS`]: a proxy's metrics port.
 pub fn metrics_handler(registry: Arc<prometheus_client::registry::Registry>) -> Handler {
-    Arc::new(move |req| match req.uri.path() {
-        "/metrics" | "/stats/prometheus" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::metrics::encode(&registry),
-        ),
-        _ => text(StatusCode::NOT_FOUND, "try /metrics\n"),
+    Arc::new(move |req| {
+        if METRICS_PATHS.contains(&req.uri.path()) {
+            metrics_reply(&registry)
+        } else {
+            text(StatusCode::NOT_FOUND, "try /metrics\n")
+        }
     })
 }
 
@@ -93,16 +105,11 @@ pub fn readiness_handler(drain: DrainWatch) -> Handler {
 
 /// Serves `handler` on `listener` until the drain starts.
 pub async fn serve(listener: TcpListener, handler: Handler, drain: DrainWatch) {
+    let mut backoff = crate::socket::accept_backoff();
     loop {
         let (stream, _) = tokio::select! {
             _ = drain.stopping() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+            s = crate::socket::accept_retrying("admin", &mut backoff, || listener.accept()) => s,
         };
         let handler = handler.clone();
         tokio::spawn(async move {

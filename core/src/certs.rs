@@ -211,8 +211,13 @@ impl CertManager {
     }
 }
 
+/// Retry delay after `failures` consecutive renewal failures (at least one): 0.5 s doubling to 30 s, jittered.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
+    mesh_primitives::backoff::delay(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        failures.saturating_sub(1),
+    )
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
         path: path.display().to_string(),
         source,
     })?;
-    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+    mesh_primitives::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
@@ -47,62 +47,4 @@ where
         })?;
     }
     Ok(())
-}
-
-/// Durations in config files are written as Istio writes them: `30s`, `500ms`, `5m`, `1h`.
-pub mod duration {
-    use std::time::Duration;
-
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let (num, unit) = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .map(|i| s.split_at(i))
-            .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?} has no number"))?;
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => {
-                return Err(format!(
-                    "duration {s:?} has unknown unit {unit:?} (ms, s, m, h)"
-                ))
-            }
-        };
-        Ok(Duration::from_secs_f64(secs))
-    }
-
-    pub fn format(d: &Duration) -> String {
-        if d.subsec_millis() == 0 {
-            format!("{}s", d.as_secs())
-        } else {
-            format!("{}ms", d.as_millis())
-        }
-    }
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(d))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        #[test]
-        fn parses_istio_durations() {
-            assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
-            assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
-            assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
-            assert!(parse("5").is_err());
-            assert!(parse("5d").is_err());
-        }
-    }
 }

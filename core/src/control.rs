@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use mesh_primitives::backoff::Backoff;
 use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -209,10 +210,10 @@ pub trait XdsHandler: Send {
     fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String>;
 }
 
-/// Runs the delta xDS client until the process ends: reconnects with exponential backoff (100 ms to 15 s), and
-/// the handler keeps serving its last config meanwhile.
+/// Runs the delta xDS client until the process ends: reconnects with jittered exponential backoff (100 ms to
+/// 15 s), and the handler keeps serving its last config meanwhile.
 pub async fn run_xds<H: XdsHandler>(cp: ControlPlane, node: Node, mut handler: H) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     loop {
         let started = std::time::Instant::now();
         match xds_stream(&cp, &node, &mut handler).await {
@@ -222,10 +223,9 @@ pub async fn run_xds<H: XdsHandler>(cp: ControlPlane, node: Node, mut handler: H
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(100);
+            backoff.reset();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(15));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

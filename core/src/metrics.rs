@@ -1,6 +1,6 @@
 //! Prometheus registries: one per component, labels as typed sets, text exposition for the metrics port.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -99,5 +99,134 @@ impl HboneMetrics {
             .get_or_create(&HandshakeLabels { direction, reason })
             .inc();
         reason
+    }
+}
+
+/// Who reports a metric, as Istio's `reporter` label says it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reporter {
+    source,
+    destination,
+    waypoint,
+}
+
+/// Istio's `connection_security_policy`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SecurityPolicy {
+    mutual_tls,
+    none,
+}
+
+/// Envoy's response flags, as Istio reports them (`-` for none). ztunnel uses the L4 ones.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    None,
+    /// Upstream overflow: a circuit breaker was open.
+    UO,
+    /// No healthy upstream host.
+    UH,
+    /// Upstream connection failure.
+    UF,
+    /// Upstream request timeout.
+    UT,
+    /// Retry limit exceeded.
+    URX,
+    /// Upstream connection terminated (reset).
+    UC,
+    /// No route for the request.
+    NR,
+    /// Fault injection: aborted.
+    FI,
+    /// Fault injection: delayed.
+    DI,
+    /// Downstream connection termination.
+    DC,
+}
+
+impl ResponseFlags {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::UO => "UO",
+            Self::UH => "UH",
+            Self::UF => "UF",
+            Self::UT => "UT",
+            Self::URX => "URX",
+            Self::UC => "UC",
+            Self::NR => "NR",
+            Self::FI => "FI",
+            Self::DI => "DI",
+            Self::DC => "DC",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResponseFlags {
+    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        e.write_str(self.as_str())
+    }
+}
+
+/// The labels of Istio's `istio_tcp_*` metrics, for ztunnel's connections and the waypoint's opaque TCP alike.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub request_protocol: &'static str,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+/// Istio's L4 metrics: `istio_tcp_connections_opened/closed_total`, `istio_tcp_sent/received_bytes_total`.
+#[derive(Clone, Default)]
+pub struct TcpMetrics {
+    pub opened: Family<TcpLabels, Counter>,
+    pub closed: Family<TcpLabels, Counter>,
+    pub sent_bytes: Family<TcpLabels, Counter>,
+    pub received_bytes: Family<TcpLabels, Counter>,
+}
+
+impl TcpMetrics {
+    /// Registers under `istio_` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let istio = registry.sub_registry_with_prefix("istio");
+        istio.register(
+            "tcp_connections_opened",
+            "TCP connections opened",
+            m.opened.clone(),
+        );
+        istio.register(
+            "tcp_connections_closed",
+            "TCP connections closed",
+            m.closed.clone(),
+        );
+        istio.register(
+            "tcp_sent_bytes",
+            "Bytes sent to the client (response direction)",
+            m.sent_bytes.clone(),
+        );
+        istio.register(
+            "tcp_received_bytes",
+            "Bytes received from the client (request direction)",
+            m.received_bytes.clone(),
+        );
+        m
+    }
+
+    /// Counts a finished connection: `received` flowed client to server, `sent` server to client.
+    pub fn record(&self, labels: &TcpLabels, received: u64, sent: u64) {
+        self.closed.get_or_create(labels).inc();
+        self.received_bytes.get_or_create(labels).inc_by(received);
+        self.sent_bytes.get_or_create(labels).inc_by(sent);
     }
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
+use mesh_primitives::backoff::Backoff;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The destination a redirected (iptables `REDIRECT`) connection was originally sent to.
@@ -65,4 +66,35 @@ pub fn raise_fd_limit() {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
+}
+
+/// Accepts the next connection from `accept` (a listener's `accept`). A failed accept (EMFILE, ENFILE, ENOBUFS,
+/// ...) is logged and retried after a jittered, growing delay instead of at once, so a process out of file
+/// descriptors waits for some to close rather than spinning; a success resets the delay.
+pub async fn accept_retrying<T, F, Fut>(what: &str, backoff: &mut Backoff, mut accept: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<T>>,
+{
+    loop {
+        match accept().await {
+            Ok(v) => {
+                backoff.reset();
+                return v;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(listener = what, error = %e, retry_in = ?delay, "accept failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The backoff every accept loop uses: 5 ms doubling to 1 s.
+pub fn accept_backoff() -> Backoff {
+    Backoff::new(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_secs(1),
+    )
 }

@@ -137,7 +137,8 @@ fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {
 
 /// PEM certificates in `pem` (others blocks are ignored).
 pub fn parse_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
         .collect()
 }

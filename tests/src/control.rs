@@ -97,7 +97,7 @@ impl Cluster {
         }
         let body: Vec<String> = docs
             .iter()
-            .map(serde_yaml::to_string)
+            .map(mesh_primitives::yaml::to_string)
             .collect::<Result<_, _>>()?;
         let tmp = self.dir.join("cluster.yaml.tmp");
         std::fs::write(&tmp, body.join("---\n"))?;

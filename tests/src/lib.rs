@@ -594,7 +594,7 @@ impl Cluster {
             .collect();
         let state = serde_json::json!({"workloads": workloads, "services": self.services});
         let tmp = self.state_file().with_extension("tmp");
-        std::fs::write(&tmp, serde_yaml::to_string(&state)?)?;
+        std::fs::write(&tmp, mesh_primitives::yaml::to_string(&state)?)?;
         std::fs::rename(&tmp, self.state_file())?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use mesh_tests::http::{request, Req};
 use mesh_tests::net::{connect_in, exchange};
 use mesh_tests::{poll, require_netns, Cluster, Mode, PodSpec};
 
-const SEED_PA: &str = include_str!("../../control/tests/seed/peerauthentication-default.yaml");
+const SEED_PA: &str = include_str!("../../model/tests/seed/peerauthentication-default.yaml");
 
 fn metric(text: &str, name: &str, must: &[&str]) -> f64 {
     text.lines()

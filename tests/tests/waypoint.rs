@@ -14,9 +14,9 @@ use mesh_tests::{bin, poll, require_netns, Cluster, Mode, PodSpec};
 
 const VIP: &str = "198.18.255.30";
 const SERVICE: &str = "default/order-service.default.svc.cluster.local";
-const SEED_VS: &str = include_str!("../../control/tests/seed/virtualservice-order-service.yaml");
-const SEED_DR: &str = include_str!("../../control/tests/seed/destinationrule-order-service.yaml");
-const SEED_TS: &str = include_str!("../../control/tests/seed/trafficsplit-order-canary.yaml");
+const SEED_VS: &str = include_str!("../../model/tests/seed/virtualservice-order-service.yaml");
+const SEED_DR: &str = include_str!("../../model/tests/seed/destinationrule-order-service.yaml");
+const SEED_TS: &str = include_str!("../../model/tests/seed/trafficsplit-order-canary.yaml");
 
 fn order_pod(name: &str, node: usize, version: &str) -> PodSpec {
     PodSpec::mesh(name, node).with_labels(&[("app", "order-service"), ("version", version)])

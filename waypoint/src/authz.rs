@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use mesh_primitives::cidr::IpNet;
 use mesh_proto::mesh::l7::v1 as pb;
 
 #[derive(Debug, Clone)]
@@ -66,51 +67,19 @@ impl Field {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Cidr(IpAddr, u8);
-
-fn cidr(s: &str) -> Result<Cidr, String> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip, Some(len)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
-        None => max,
-    };
-    Ok(Cidr(ip, len))
-}
-
-impl Cidr {
-    fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |a: IpAddr| match a {
-            IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, true),
-            IpAddr::V6(v) => (u128::from(v), false),
-        };
-        // IPv4 sits in the top 32 bits, so a prefix length counts from the top for both families.
-        let ((net, v4a), (addr, v4b)) = (bits(self.0), bits(ip));
-        let len = u32::from(self.1);
-        v4a == v4b && (len == 0 || (net ^ addr) >> (128 - len) == 0)
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 struct Ips {
-    any: Vec<Cidr>,
-    none: Vec<Cidr>,
+    any: Vec<IpNet>,
+    none: Vec<IpNet>,
 }
 
 impl Ips {
     fn new(any: &[String], none: &[String]) -> Result<Self, String> {
-        let p = |l: &[String]| l.iter().map(|v| cidr(v)).collect::<Result<Vec<_>, _>>();
+        let p = |l: &[String]| {
+            l.iter()
+                .map(|v| mesh_primitives::cidr::parse(v).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Self {
             any: p(any)?,
             none: p(none)?,
@@ -118,8 +87,8 @@ impl Ips {
     }
 
     fn check(&self, ip: IpAddr) -> bool {
-        (self.any.is_empty() || self.any.iter().any(|c| c.contains(ip)))
-            && !self.none.iter().any(|c| c.contains(ip))
+        (self.any.is_empty() || self.any.iter().any(|c| c.contains(&ip)))
+            && !self.none.iter().any(|c| c.contains(&ip))
     }
 }
 

@@ -15,7 +15,8 @@ use mesh_core::workload::state::Workload;
 use rand::Rng;
 
 use crate::routes::{LoadBalancer, Outlier, Policy};
-use crate::upstream::H1Pool;
+use crate::upstream::h1::H1Pool;
+use crate::upstream::h2::H2Conns;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct ClusterKey {
@@ -66,25 +67,10 @@ pub struct Cluster {
     pub active_retries: AtomicUsize,
     hosts: Mutex<HashMap<IpAddr, Host>>,
     rr: AtomicUsize,
+    /// Pooled HTTP/1.1 connections.
     pub h1: H1Pool,
-}
-
-/// Decrements a counter when dropped.
-pub struct Counted<'a>(&'a AtomicUsize);
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Takes one unit of `counter` unless it is at `limit` (None: unlimited).
-pub fn admit(counter: &AtomicUsize, limit: Option<usize>) -> Option<Counted<'_>> {
-    let prev = counter.fetch_add(1, Ordering::AcqRel);
-    let guard = Counted(counter);
-    match limit {
-        Some(max) if prev >= max => None,
-        _ => Some(guard),
-    }
+    /// One multiplexed HTTP/2 connection per host.
+    pub h2: H2Conns,
 }
 
 /// Marks a host busy for LEAST_REQUEST while an attempt is in flight.
@@ -112,6 +98,7 @@ impl Cluster {
             hosts: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
             h1: H1Pool::default(),
+            h2: H2Conns::default(),
         }
     }
 
@@ -293,6 +280,7 @@ impl Clusters {
                     "name": c.key.to_string(),
                     "activeRequests": c.active_requests.load(Ordering::Relaxed),
                     "connections": c.h1.connections(),
+                    "http2_connections": c.h2.connections(),
                     "ejected": c.ejected(),
                 })
             })

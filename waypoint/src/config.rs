@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+use mesh_core::config::{env_override, load_yaml, ConfigError};
 use mesh_core::control::ControlPlane;
 use mesh_core::hbone::{H2Settings, PoolSettings};
 use mesh_core::identity::Identity;
+use mesh_primitives::duration;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]

@@ -1,24 +1,25 @@
 //! Sends a routed request to its destination: the cluster's circuit breakers, the load balancer, outlier
 //! detection, retries and timeouts, and the upstream connection over HBONE. Opaque TCP is forwarded here too.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh_core::hbone::{new_traceparent, ConnectRequest, PoolKey};
-use mesh_core::workload::state::{Snapshot, TunnelProtocol, Workload};
+use mesh_core::workload::state::{Snapshot, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cluster::{admit, Cluster, ClusterKey, Outcome};
-use crate::metrics::ResponseFlags;
-use crate::proxy::Downstream;
+use crate::budget::admit;
+use crate::cluster::{Cluster, ClusterKey, Outcome};
+use crate::downstream::Downstream;
+use crate::reply::{full, LocalReply};
 use crate::routes::{Destination, Limits, Policy, RetryPolicy};
-use crate::upstream::{Body, BoxError, Checkout, Io, PoolError};
+use crate::upstream::h1::{Checkout, PoolError};
+use crate::upstream::{dial, Body, BoxError, ConnectError};
 use crate::Ctx;
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
 /// The request as it goes upstream (every attempt is built from it).
 pub struct Template {
@@ -51,10 +52,6 @@ impl Payload {
     }
 }
 
-pub fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed()
-}
-
 /// What came back, and how to report it.
 pub struct Forwarded {
     pub resp: Response<Body>,
@@ -62,29 +59,28 @@ pub struct Forwarded {
     pub upstream: Option<Arc<Workload>>,
 }
 
-/// A reply made by the waypoint itself (Envoy's local replies: status, short text body, response flag).
-pub fn local(status: StatusCode, body: &str, flags: ResponseFlags) -> Forwarded {
-    let resp = Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain")
-        .body(full(Bytes::from(body.to_string())))
-        .expect("static response parts are valid");
-    Forwarded {
-        resp,
-        flags,
-        upstream: None,
-    }
-}
-
+/// How one attempt failed; [`finish`] turns the last one into the client's [`LocalReply`].
 enum AttemptError {
     Overflow,
     /// No pooled connection freed up in time: the cluster's fault, not the host's.
     PoolTimeout,
     /// The request could not be built for the upstream: not the host's fault either.
-    Invalid(String),
-    Connect(String),
-    Reset(String),
+    Invalid(http::Error),
+    Connect(Box<ConnectError>),
+    Reset(hyper::Error),
     Timeout,
+}
+
+impl From<AttemptError> for LocalReply {
+    fn from(e: AttemptError) -> Self {
+        match e {
+            AttemptError::Overflow => LocalReply::Overflow,
+            AttemptError::PoolTimeout | AttemptError::Timeout => LocalReply::Timeout,
+            AttemptError::Invalid(e) => LocalReply::Invalid(e.to_string()),
+            AttemptError::Connect(e) => LocalReply::ConnectFailure(e.to_string()),
+            AttemptError::Reset(e) => LocalReply::Reset(e.to_string()),
+        }
+    }
 }
 
 /// Forwards with the route's retries, bounded by its overall timeout (504 UT when it passes).
@@ -101,11 +97,7 @@ pub async fn forward(
     match timeout {
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(f) => f,
-            Err(_) => local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-                ResponseFlags::UT,
-            ),
+            Err(_) => LocalReply::Timeout.into(),
         },
         None => attempts.await,
     }
@@ -156,14 +148,10 @@ async fn attempts(
     let snap = ctx.state.load();
     let port = dest.port.unwrap_or(down.port);
     let Some((cluster, endpoints, limits)) = cluster_for(ctx, &snap, dest, port) else {
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            ResponseFlags::UH,
-        );
+        return LocalReply::NoHealthyUpstream.into();
     };
     let Some(_active) = admit(&cluster.active_requests, limits.max_requests) else {
-        return overflow();
+        return LocalReply::Overflow.into();
     };
     let svc = snap.service_by_key(&dest.service).map(|(s, _)| s.clone());
     let h2 = !t.upgrade && (down.h2 || limits.h2_upgrade);
@@ -172,29 +160,17 @@ async fn attempts(
     let mut retry_budget;
     loop {
         let Some((w, _lease)) = cluster.pick(&endpoints, &tried) else {
-            return local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                ResponseFlags::UH,
-            );
+            return LocalReply::NoHealthyUpstream.into();
         };
         tried.push(w.ip);
         let Some(target) = svc
             .as_deref()
             .and_then(|s| Snapshot::target_port(s, &w, port))
         else {
-            return local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no such port on the destination service",
-                ResponseFlags::UH,
-            );
+            return LocalReply::NoSuchPort.into();
         };
         let Some(body) = payload.take() else {
-            return local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request body already sent",
-                ResponseFlags::URX,
-            );
+            return LocalReply::BodyAlreadySent.into();
         };
         let once = send_once(ctx, down, &cluster, &limits, &w, target, t, body, h2);
         let result = match retry.per_try_timeout {
@@ -205,7 +181,7 @@ async fn attempts(
         };
         let outcome = match &result {
             Ok(r) => Some(Outcome::Status(r.status().as_u16())),
-            Err(AttemptError::Overflow) => return overflow(),
+            Err(AttemptError::Overflow) => return LocalReply::Overflow.into(),
             Err(AttemptError::PoolTimeout | AttemptError::Invalid(_)) => None,
             Err(_) => Some(Outcome::LocalFailure),
         };
@@ -224,18 +200,13 @@ async fn attempts(
         }
         attempt += 1;
         // Envoy's default back-off: 25 ms base, doubled per retry, jittered, at most 250 ms.
-        let base = 25u64 << attempt.min(3);
-        let jitter = rand::random::<u64>() % base.max(1);
-        tokio::time::sleep(Duration::from_millis((base + jitter).min(250))).await;
+        tokio::time::sleep(mesh_primitives::backoff::delay(
+            Duration::from_millis(25),
+            Duration::from_millis(250),
+            attempt - 1,
+        ))
+        .await;
     }
-}
-
-fn overflow() -> Forwarded {
-    local(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-        ResponseFlags::UO,
-    )
 }
 
 fn finish(
@@ -249,25 +220,7 @@ fn finish(
             flags: ResponseFlags::None,
             upstream: None,
         },
-        Err(AttemptError::Overflow) => overflow(),
-        Err(AttemptError::Connect(e)) => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, {e}"),
-            ResponseFlags::UF,
-        ),
-        Err(AttemptError::Reset(e)) => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("upstream connect error or disconnect/reset before headers. reset reason: {e}"),
-            ResponseFlags::UC,
-        ),
-        Err(AttemptError::Timeout | AttemptError::PoolTimeout) => {
-            local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlags::UT)
-        }
-        Err(AttemptError::Invalid(e)) => local(
-            StatusCode::BAD_REQUEST,
-            &format!("request cannot be forwarded: {e}"),
-            ResponseFlags::None,
-        ),
+        Err(e) => LocalReply::from(e).into(),
     };
     if retried && f.resp.status().is_server_error() && f.flags == ResponseFlags::None {
         f.flags = ResponseFlags::URX;
@@ -299,52 +252,6 @@ fn retriable(p: &RetryPolicy, result: &Result<Response<Incoming>, AttemptError>)
     }
 }
 
-/// Opens a byte stream to `w:port`: HBONE as the waypoint's identity when `w` is in the mesh, else TCP.
-pub async fn dial(
-    ctx: &Ctx,
-    down: &Downstream,
-    w: &Workload,
-    port: u16,
-    connect_timeout: Option<Duration>,
-) -> Result<Box<dyn Io>, String> {
-    let limit = connect_timeout.unwrap_or(ctx.cfg.pool.connect_timeout);
-    let addr = SocketAddr::new(w.ip, port);
-    let dialed = async {
-        if w.protocol == TunnelProtocol::None {
-            let s = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
-            return Ok(Box::new(s) as Box<dyn Io>);
-        }
-        let (cert, _) = ctx
-            .certs
-            .fetch(&ctx.identity)
-            .await
-            .map_err(|e| e.to_string())?;
-        let key = PoolKey {
-            src: ctx.identity.clone(),
-            dst: w.identity(&ctx.cfg.trust_domain),
-            dst_addr: SocketAddr::new(w.ip, mesh_core::HBONE_PORT),
-        };
-        let req = ConnectRequest {
-            authority: addr,
-            forwarded_for: down.client_addr,
-            baggage: None,
-            traceparent: Some(new_traceparent()),
-        };
-        let s = ctx
-            .pool
-            .connect(key, &cert, req)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(s) as Box<dyn Io>)
-    };
-    tokio::time::timeout(limit, dialed)
-        .await
-        .map_err(|_| format!("connect to {addr} timed out after {limit:?}"))?
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn send_once(
     ctx: &Ctx,
@@ -358,51 +265,45 @@ async fn send_once(
     h2: bool,
 ) -> Result<Response<Incoming>, AttemptError> {
     if h2 {
-        let mut send = match cluster.h1.h2(w.ip) {
+        let mut send = match cluster.h2.get(w.ip) {
             Some(s) => s,
             None => {
                 let io = dial(ctx, down, w, port, limits.connect_timeout)
                     .await
-                    .map_err(AttemptError::Connect)?;
+                    .map_err(|e| AttemptError::Connect(Box::new(e.into())))?;
                 cluster
-                    .h1
-                    .h2_handshake(w.ip, io)
+                    .h2
+                    .handshake(w.ip, io)
                     .await
-                    .map_err(|e| AttemptError::Connect(e.to_string()))?
+                    .map_err(|e| AttemptError::Connect(Box::new(e.into())))?
             }
         };
         let uri = format!("http://{}{}", t.authority, t.path);
         let req = build(t, &uri, body, http::Version::HTTP_2)?;
-        return send
-            .send_request(req)
-            .await
-            .map_err(|e| AttemptError::Reset(e.to_string()));
+        return send.send_request(req).await.map_err(AttemptError::Reset);
     }
     let mut conn = match cluster.h1.checkout(w.ip, limits).await {
         Ok(Checkout::Ready(c)) => c,
         Ok(Checkout::Dial(slot)) => {
             let io = dial(ctx, down, w, port, limits.connect_timeout)
                 .await
-                .map_err(AttemptError::Connect)?;
+                .map_err(|e| AttemptError::Connect(Box::new(e.into())))?;
             cluster
                 .h1
                 .handshake(slot, io)
                 .await
-                .map_err(|e| AttemptError::Connect(e.to_string()))?
+                .map_err(|e| AttemptError::Connect(Box::new(e.into())))?
         }
         Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
         Err(PoolError::Timeout(_)) => return Err(AttemptError::PoolTimeout),
     };
     let req = build(t, &t.path, body, http::Version::HTTP_11)?;
-    conn.send
-        .ready()
-        .await
-        .map_err(|e| AttemptError::Reset(e.to_string()))?;
+    conn.send.ready().await.map_err(AttemptError::Reset)?;
     let resp = conn
         .send
         .send_request(req)
         .await
-        .map_err(|e| AttemptError::Reset(e.to_string()))?;
+        .map_err(AttemptError::Reset)?;
     cluster.h1.release(w.ip, conn, limits);
     Ok(resp)
 }
@@ -418,7 +319,7 @@ fn build(
         .uri(uri)
         .version(version)
         .body(body)
-        .map_err(|e| AttemptError::Invalid(e.to_string()))?;
+        .map_err(AttemptError::Invalid)?;
     *req.headers_mut() = t.headers.clone();
     if version == http::Version::HTTP_11 {
         if let Ok(host) = http::HeaderValue::from_str(&t.authority) {
@@ -431,14 +332,15 @@ fn build(
 }
 
 fn tcp_labels(
+    ctx: &Ctx,
     down: &Downstream,
     w: &Workload,
     service_key: &str,
     flags: ResponseFlags,
-) -> crate::metrics::TcpLabels {
+) -> TcpLabels {
     let unknown = || "unknown".to_string();
-    crate::metrics::TcpLabels {
-        reporter: crate::metrics::Reporter::waypoint,
+    TcpLabels {
+        reporter: Reporter::waypoint,
         source_workload: down
             .client
             .as_ref()
@@ -457,8 +359,10 @@ fn tcp_labels(
             .split_once('/')
             .map_or(service_key, |(_, h)| h)
             .to_string(),
+        destination_principal: w.identity(&ctx.cfg.trust_domain).to_string(),
+        request_protocol: "tcp",
         response_flags: flags,
-        connection_security_policy: "mutual_tls",
+        connection_security_policy: SecurityPolicy::mutual_tls,
     }
 }
 
@@ -479,7 +383,7 @@ pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream
         return;
     };
     let target = Snapshot::target_port(&down.service, &w, down.port).unwrap_or(down.port);
-    let labels = |flags| tcp_labels(down, &w, &dest.service, flags);
+    let labels = |flags| tcp_labels(ctx, down, &w, &dest.service, flags);
     let m = &ctx.metrics.tcp;
     match dial(ctx, down, &w, target, limits.connect_timeout).await {
         Ok(mut up) => {

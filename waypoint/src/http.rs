@@ -1,40 +1,36 @@
-//! One HTTP request through the waypoint: route it by the service's L7 config (first match wins), apply
-//! faults, direct responses and redirects, rewrite and set headers, mirror, forward, and report it.
+//! One HTTP request through the waypoint, as a pipeline: each stage passes the request on or answers it.
+//!
+//! [`handle`] → [`route_request`]: read the request's target → authorize (AuthorizationPolicy) → match a route
+//! (first match wins) → inject faults → act: a direct response or redirect answers here, a forward picks a
+//! weighted destination → build the upstream request (header hygiene, rewrites, header operations) → read the
+//! body (buffered when it may be retried or mirrored) → mirror → [`forward`] → response headers → [`record`].
+//! A stage that answers returns `Err` with the response; [`LocalReply`] says why and carries the flags.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, CONNECTION, HOST, LOCATION};
+use http::header::{CONNECTION, HOST};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
 
-use crate::forward::{forward, full, local, Forwarded, Payload, Template};
-use crate::metrics::{Protocol, Reporter, RequestLabels, ResponseFlags};
-use crate::proxy::Downstream;
+use crate::actions::{
+    direct, pick_weighted, redirect, rewrite, shadow, strip_hop_by_hop, upgrade_of,
+};
+use crate::downstream::Downstream;
+use crate::forward::{forward, Forwarded, Payload, Template};
+use crate::metrics::{Protocol, RequestLabels};
+use crate::reply::LocalReply;
 use crate::routes::{
-    default_route, Action, Destination, Match, RequestView, RetryPolicy, Route, StrMatch,
+    default_route, Action, Destination, Match, RequestView, RetryPolicy, Route, ServiceRoutes,
     WeightedDestination,
 };
 use crate::upstream::Body;
 use crate::Ctx;
-
-/// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 pub async fn handle(
     ctx: Arc<Ctx>,
@@ -61,43 +57,37 @@ pub async fn handle(
     Ok(f.resp)
 }
 
-/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: <protocol>`).
-fn upgrade_of(h: &HeaderMap) -> Option<http::HeaderValue> {
-    let asks = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| h.get(http::header::UPGRADE).cloned())
-        .flatten()
+/// How a stage ended the pipeline early: a reply of the waypoint's own, or a response the route makes
+/// (direct response, redirect).
+enum Answer {
+    Local(LocalReply),
+    Made(Box<Forwarded>),
 }
 
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, server) {
-        Ok((c, s)) => {
-            let (mut c, mut s) = (
-                hyper_util::rt::TokioIo::new(c),
-                hyper_util::rt::TokioIo::new(s),
-            );
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+impl From<LocalReply> for Answer {
+    fn from(r: LocalReply) -> Self {
+        Self::Local(r)
     }
 }
 
-fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+impl From<Answer> for Forwarded {
+    fn from(a: Answer) -> Self {
+        match a {
+            Answer::Local(r) => r.into(),
+            Answer::Made(f) => *f,
+        }
+    }
 }
 
-fn chance(percent: f64) -> bool {
-    percent >= 100.0 || rand::rng().random_range(0.0..100.0) < percent
+/// The request as its route matched it: what it is for, and what the route made of it.
+struct Routed<'a> {
+    route: &'a Route,
+    matched: Option<&'a Match>,
+    /// A fault delay was injected (reported as `DI` unless something worse happened).
+    delayed: bool,
 }
 
+/// Runs the pipeline; returns the response and the service it is reported under.
 async fn route_request(
     ctx: &Arc<Ctx>,
     down: &Downstream,
@@ -106,7 +96,74 @@ async fn route_request(
     let key = down.service_key();
     let l7 = ctx.l7.load_full();
     let routes = l7.config.services.get(&key).cloned();
+    let fallback = routes.is_none().then(|| default_route(&key));
+    match run(ctx, down, routes.as_deref(), fallback.as_ref(), req).await {
+        Ok(done) => done,
+        Err(answer) => (answer.into(), key),
+    }
+}
+
+async fn run(
+    ctx: &Arc<Ctx>,
+    down: &Downstream,
+    routes: Option<&ServiceRoutes>,
+    fallback: Option<&Route>,
+    req: Request<Incoming>,
+) -> Result<(Forwarded, String), Answer> {
     let (parts, body) = req.into_parts();
+    let (authority, path) = target(&parts);
+    let source_namespace = source_namespace(down);
+    let view = RequestView {
+        method: &parts.method,
+        path: &path,
+        authority: &authority,
+        headers: &parts.headers,
+        port: down.port,
+        source_ip: Some(down.client_addr.ip()),
+        source_namespace: source_namespace.as_deref(),
+    };
+    if let Some(r) = routes {
+        authorize(ctx, down, r, &view)?;
+    }
+    let routed = match_route(routes, fallback, &view)?;
+    let routed = inject_faults(routed).await?;
+    let wd = act(routed.route, &authority, &path)?;
+    let t = upstream_request(
+        down,
+        &parts.method,
+        &parts.headers,
+        &routed,
+        wd,
+        path,
+        authority,
+    );
+    let payload = payload(ctx, body, routed.route).await?;
+    if let Payload::Buffered(b) = &payload {
+        for m in routed.route.mirrors.iter().filter(|m| chance(m.percent)) {
+            mirror(ctx, down, &m.dest, &t, b.clone());
+        }
+    }
+    let route = routed.route;
+    let mut f = forward(
+        ctx,
+        down,
+        &wd.dest,
+        &t,
+        payload,
+        &route.retry,
+        route.timeout,
+    )
+    .await;
+    route.response_headers.apply(f.resp.headers_mut());
+    wd.response_headers.apply(f.resp.headers_mut());
+    if routed.delayed && f.flags == ResponseFlags::None {
+        f.flags = ResponseFlags::DI;
+    }
+    Ok((f, wd.dest.service.clone()))
+}
+
+/// The authority (URI, else `Host`) and the path with its query.
+fn target(parts: &http::request::Parts) -> (String, String) {
     let authority = parts
         .uri
         .authority()
@@ -124,121 +181,111 @@ async fn route_request(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    // The verified peer identity, not the (forgeable) `Forwarded` address, says where the request comes from.
-    let source_namespace = down
-        .peer_identity
+    (authority, path)
+}
+
+/// The verified peer identity, not the (forgeable) `Forwarded` address, says where the request comes from.
+fn source_namespace(down: &Downstream) -> Option<String> {
+    down.peer_identity
         .as_ref()
         .map(|i| i.namespace.clone())
-        .or_else(|| down.client.as_ref().map(|w| w.namespace.clone()));
-    let view = RequestView {
-        method: &parts.method,
-        path: &path,
-        authority: &authority,
-        headers: &parts.headers,
-        port: down.port,
-        source_ip: Some(down.client_addr.ip()),
-        source_namespace: source_namespace.as_deref(),
+        .or_else(|| down.client.as_ref().map(|w| w.namespace.clone()))
+}
+
+/// The first route that matches; a service without routing config gets the default route to itself.
+fn match_route<'a>(
+    routes: Option<&'a ServiceRoutes>,
+    fallback: Option<&'a Route>,
+    view: &RequestView<'_>,
+) -> Result<Routed<'a>, LocalReply> {
+    let (route, matched) = match (routes, fallback) {
+        (Some(r), _) => r.route(view).ok_or(LocalReply::NoRoute)?,
+        (None, Some(f)) => (f, None),
+        (None, None) => return Err(LocalReply::NoRoute),
     };
-    if let Some(denied) = routes
-        .as_deref()
-        .and_then(|r| authorize(ctx, down, r, &view))
-    {
-        return (denied, key);
-    }
-    let fallback;
-    let (route, matched) = match &routes {
-        Some(r) => match r.route(&view) {
-            Some(hit) => hit,
-            None => {
-                return (
-                    local(StatusCode::NOT_FOUND, "no route", ResponseFlags::NR),
-                    key,
-                )
-            }
-        },
-        None => {
-            fallback = default_route(&key);
-            (&fallback, None)
-        }
-    };
-    let mut delayed = false;
-    if let Some((delay, pct)) = route.fault.delay {
+    Ok(Routed {
+        route,
+        matched,
+        delayed: false,
+    })
+}
+
+/// The route's fault injection: a delay, then maybe an abort.
+async fn inject_faults(mut routed: Routed<'_>) -> Result<Routed<'_>, LocalReply> {
+    let fault = &routed.route.fault;
+    if let Some((delay, pct)) = fault.delay {
         if chance(pct) {
             tokio::time::sleep(delay).await;
-            delayed = true;
+            routed.delayed = true;
         }
     }
-    if let Some((status, pct)) = route.fault.abort {
-        if chance(pct) {
-            return (local(status, "fault filter abort", ResponseFlags::FI), key);
-        }
+    match fault.abort {
+        Some((status, pct)) if chance(pct) => Err(LocalReply::FaultAbort(status)),
+        _ => Ok(routed),
     }
-    let (destinations, total) = match &route.action {
-        Action::Direct { status, body } => return (direct(*status, body.clone()), key),
-        Action::Redirect { .. } => return (redirect(&route.action, &authority, &path), key),
+}
+
+/// A direct response or redirect answers here; a forward picks one of its weighted destinations.
+fn act<'a>(
+    route: &'a Route,
+    authority: &str,
+    path: &str,
+) -> Result<&'a WeightedDestination, Answer> {
+    match &route.action {
+        Action::Direct { status, body } => {
+            Err(Answer::Made(Box::new(direct(*status, body.clone()))))
+        }
+        Action::Redirect { .. } => Err(Answer::Made(Box::new(redirect(
+            &route.action,
+            authority,
+            path,
+        )))),
         Action::Forward {
             destinations,
             total_weight,
-        } => (destinations, *total_weight),
-    };
-    let wd = pick_weighted(destinations, total);
-    let mut headers = parts.headers.clone();
+        } => Ok(pick_weighted(destinations, *total_weight)),
+    }
+}
+
+/// The request as it goes upstream: hop-by-hop headers dropped (an upgrade re-added), the route's and the
+/// destination's header operations applied, path and authority rewritten.
+fn upstream_request(
+    down: &Downstream,
+    method: &http::Method,
+    incoming: &HeaderMap,
+    routed: &Routed<'_>,
+    wd: &WeightedDestination,
+    path: String,
+    authority: String,
+) -> Template {
+    let mut headers = incoming.clone();
     let upgrade = if down.h2 { None } else { upgrade_of(&headers) };
     strip_hop_by_hop(&mut headers);
     if let Some(proto) = &upgrade {
         headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
         headers.insert(http::header::UPGRADE, proto.clone());
     }
-    route.request_headers.apply(&mut headers);
+    routed.route.request_headers.apply(&mut headers);
     wd.request_headers.apply(&mut headers);
-    let (path, authority) = rewrite(route, matched, path, authority);
-    let t = Template {
-        method: parts.method.clone(),
+    let (path, authority) = rewrite(routed.route, routed.matched, path, authority);
+    Template {
+        method: method.clone(),
         path,
         authority,
         headers,
         upgrade: upgrade.is_some(),
-    };
-    let Some(payload) = payload(ctx, body, route).await else {
-        let f = local(
-            StatusCode::BAD_REQUEST,
-            "request body incomplete",
-            ResponseFlags::DC,
-        );
-        return (f, key);
-    };
-    if let Payload::Buffered(b) = &payload {
-        for m in route.mirrors.iter().filter(|m| chance(m.percent)) {
-            mirror(ctx, down, &m.dest, &t, b.clone());
-        }
     }
-    let mut f = forward(
-        ctx,
-        down,
-        &wd.dest,
-        &t,
-        payload,
-        &route.retry,
-        route.timeout,
-    )
-    .await;
-    route.response_headers.apply(f.resp.headers_mut());
-    wd.response_headers.apply(f.resp.headers_mut());
-    if delayed && f.flags == ResponseFlags::None {
-        f.flags = ResponseFlags::DI;
-    }
-    (f, wd.dest.service.clone())
 }
 
 /// Checks the service's AuthorizationPolicies; a denial is Envoy's 403 `RBAC: access denied`.
 fn authorize(
     ctx: &Ctx,
     down: &Downstream,
-    routes: &crate::routes::ServiceRoutes,
+    routes: &ServiceRoutes,
     view: &RequestView<'_>,
-) -> Option<Forwarded> {
+) -> Result<(), LocalReply> {
     if routes.authorization.is_empty() {
-        return None;
+        return Ok(());
     }
     let principal = down.peer_identity.as_ref().map(|i| {
         format!(
@@ -256,111 +303,32 @@ fn authorize(
         path: view.path,
         headers: view.headers,
     };
-    let (policy, reason) = crate::authz::check(&routes.authorization, &req)?;
+    let Some((policy, reason)) = crate::authz::check(&routes.authorization, &req) else {
+        return Ok(());
+    };
     tracing::info!(%policy, reason, principal = ?principal, path = view.path, "request denied by policy");
     ctx.metrics
         .denied
         .get_or_create(&crate::metrics::DenyLabels { policy, reason })
         .inc();
-    Some(local(
-        StatusCode::FORBIDDEN,
-        "RBAC: access denied",
-        ResponseFlags::None,
-    ))
-}
-
-fn pick_weighted(destinations: &[WeightedDestination], total: u32) -> &WeightedDestination {
-    if destinations.len() == 1 {
-        return &destinations[0];
-    }
-    let mut n = rand::rng().random_range(0..total.max(1));
-    for d in destinations {
-        if n < d.weight {
-            return d;
-        }
-        n -= d.weight;
-    }
-    &destinations[destinations.len() - 1]
-}
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers the client named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    let te_trailers = h
-        .get(http::header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("trailers"));
-    for n in HOP_BY_HOP {
-        h.remove(*n);
-    }
-    // gRPC needs `te: trailers` end to end.
-    if te_trailers {
-        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-    }
-}
-
-/// Istio's `rewrite.uri` replaces the matched prefix (the whole path for other matches); Gateway API's
-/// `ReplaceFullPath` replaces the whole path.
-fn rewrite(
-    route: &Route,
-    matched: Option<&Match>,
-    path: String,
-    authority: String,
-) -> (String, String) {
-    let Some(rw) = &route.rewrite else {
-        return (path, authority);
-    };
-    let authority = rw.authority.clone().unwrap_or(authority);
-    let Some(uri) = &rw.uri else {
-        return (path, authority);
-    };
-    // Istio rewrites a route without a uri match as if it matched prefix "/".
-    let root = StrMatch::Prefix("/".into());
-    let path = match matched.and_then(|m| m.uri.as_ref()).or(Some(&root)) {
-        Some(StrMatch::Prefix(p)) if !rw.full_path && path.starts_with(p.as_str()) => {
-            let rest = &path[p.len()..];
-            // Joining "/" + "/rest" must not double the slash.
-            if uri.ends_with('/') && rest.starts_with('/') {
-                format!("{uri}{}", &rest[1..])
-            } else {
-                format!("{uri}{rest}")
-            }
-        }
-        _ => {
-            let query = path.split_once('?').map(|(_, q)| q);
-            match query {
-                Some(q) if !uri.contains('?') => format!("{uri}?{q}"),
-                _ => uri.clone(),
-            }
-        }
-    };
-    (path, authority)
+    Err(LocalReply::Denied)
 }
 
 /// Buffers small bodies so they can be retried and mirrored; streams the rest.
-async fn payload(ctx: &Ctx, body: Incoming, route: &Route) -> Option<Payload> {
+async fn payload(ctx: &Ctx, body: Incoming, route: &Route) -> Result<Payload, LocalReply> {
     let wants_copy = route.retry.attempts > 0 || !route.mirrors.is_empty();
     let small = body
         .size_hint()
         .upper()
         .is_some_and(|n| n <= ctx.cfg.max_buffered_body_bytes as u64);
     if !(wants_copy && small) {
-        return Some(Payload::Stream(Some(body)));
+        return Ok(Payload::Stream(Some(body)));
     }
     match body.collect().await {
-        Ok(c) => Some(Payload::Buffered(c.to_bytes())),
+        Ok(c) => Ok(Payload::Buffered(c.to_bytes())),
         Err(e) => {
             tracing::debug!(error = %e, "client body ended early; not forwarded");
-            None
+            Err(LocalReply::BodyIncomplete)
         }
     }
 }
@@ -393,53 +361,29 @@ fn mirror(ctx: &Arc<Ctx>, down: &Downstream, dest: &Destination, t: &Template, b
     });
 }
 
-/// Envoy's shadow host: `svc:80` → `svc-shadow:80`.
-fn shadow(authority: &str) -> String {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
-        _ => format!("{authority}-shadow"),
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, server) {
+        Ok((c, s)) => {
+            let (mut c, mut s) = (
+                hyper_util::rt::TokioIo::new(c),
+                hyper_util::rt::TokioIo::new(s),
+            );
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
     }
 }
 
-fn direct(status: StatusCode, body: Bytes) -> Forwarded {
-    let mut f = local(status, "", ResponseFlags::None);
-    *f.resp.body_mut() = full(body);
-    f.resp.headers_mut().remove(http::header::CONTENT_TYPE);
-    f
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-fn redirect(action: &Action, authority: &str, path: &str) -> Forwarded {
-    let Action::Redirect {
-        uri,
-        authority: to_authority,
-        scheme,
-        port,
-        status,
-    } = action
-    else {
-        return local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "not a redirect",
-            ResponseFlags::None,
-        );
-    };
-    let host = to_authority.as_deref().unwrap_or(authority);
-    let host = match port {
-        Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
-        None => host.to_string(),
-    };
-    // Envoy keeps the query string when it replaces the path.
-    let new_path = match (uri, path.split_once('?')) {
-        (Some(u), Some((_, q))) if !u.contains('?') => format!("{u}?{q}"),
-        (Some(u), _) => u.clone(),
-        (None, _) => path.to_string(),
-    };
-    let location = format!("{}://{host}{new_path}", scheme.as_deref().unwrap_or("http"));
-    let mut f = local(*status, "", ResponseFlags::None);
-    if let Ok(v) = http::HeaderValue::from_str(&location) {
-        f.resp.headers_mut().insert(LOCATION, v);
-    }
-    f
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || rand::rng().random_range(0.0..100.0) < percent
 }
 
 fn record(
@@ -486,7 +430,7 @@ fn record(
         request_protocol: protocol,
         response_code: f.resp.status().as_u16(),
         response_flags: f.flags,
-        connection_security_policy: "mutual_tls",
+        connection_security_policy: SecurityPolicy::mutual_tls,
     };
     ctx.metrics
         .duration

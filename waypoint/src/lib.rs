@@ -1,17 +1,24 @@
 //! The waypoint: the optional per-namespace L7 proxy of the ambient mesh.
 //!
-//! ztunnel sends traffic for a waypoint-bound service here over HBONE ([`proxy`]); the waypoint detects HTTP/1.1
-//! or HTTP/2, routes each request by the service's compiled L7 config ([`routes`], fed over xDS by [`xds`]),
-//! applies the destination's circuit breakers and outlier detection ([`cluster`]), and forwards it over HBONE to
-//! the chosen endpoint as its own identity ([`forward`], [`upstream`]). Other TCP is forwarded as bytes.
+//! The modules follow a request. ztunnel sends traffic for a waypoint-bound service here over HBONE ([`proxy`],
+//! which records who called in a [`downstream::Downstream`]); the waypoint detects HTTP/1.1 or HTTP/2 and runs
+//! each request through the pipeline in [`http`]: authorization ([`authz`]), the service's compiled L7 config
+//! ([`routes`], fed over xDS by [`xds`]), the route's actions ([`actions`]); then [`forward`] applies the
+//! destination cluster's circuit breakers ([`budget`]) and outlier detection ([`cluster`]), retries and
+//! timeouts, and sends it over HBONE to the chosen endpoint as the waypoint's own identity ([`upstream`]).
+//! Every answer the waypoint makes itself is a [`reply::LocalReply`]. Other TCP is forwarded as bytes.
 
+pub mod actions;
 pub mod authz;
+pub mod budget;
 pub mod cluster;
 pub mod config;
+pub mod downstream;
 pub mod forward;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod reply;
 pub mod routes;
 pub mod upstream;
 pub mod xds;
@@ -53,10 +60,7 @@ pub struct Ctx {
 /// How the waypoint introduces itself over xDS (Istio's node id shape for a waypoint).
 fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
     mesh_proto::envoy::config::core::v3::Node {
-        id: format!(
-            "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
-            cfg.name, cfg.namespace, cfg.namespace
-        ),
+        id: mesh_primitives::names::xds_node_id("waypoint", &cfg.name, &cfg.namespace),
         ..Default::default()
     }
 }

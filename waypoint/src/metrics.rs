@@ -1,70 +1,14 @@
 //! The waypoint's request metrics with Istio's names and labels (`istio_requests_total`,
 //! `istio_request_duration_milliseconds`), reported as `reporter="waypoint"` like Istio's own waypoint.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use mesh_core::metrics::HboneMetrics;
-
-/// Envoy's response flags, as Istio reports them.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum ResponseFlags {
-    None,
-    /// Upstream overflow: a circuit breaker was open.
-    UO,
-    /// No healthy upstream host.
-    UH,
-    /// Upstream connection failure.
-    UF,
-    /// Upstream request timeout.
-    UT,
-    /// Retry limit exceeded.
-    URX,
-    /// Upstream connection terminated (reset).
-    UC,
-    /// No route for the request.
-    NR,
-    /// Fault injection: aborted.
-    FI,
-    /// Fault injection: delayed.
-    DI,
-    /// Downstream connection termination.
-    DC,
-}
-
-impl ResponseFlags {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "-",
-            Self::UO => "UO",
-            Self::UH => "UH",
-            Self::UF => "UF",
-            Self::UT => "UT",
-            Self::URX => "URX",
-            Self::UC => "UC",
-            Self::NR => "NR",
-            Self::FI => "FI",
-            Self::DI => "DI",
-            Self::DC => "DC",
-        }
-    }
-}
-
-impl EncodeLabelValue for ResponseFlags {
-    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write;
-        e.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Reporter {
-    waypoint,
-}
+use mesh_core::metrics::{HboneMetrics, TcpMetrics};
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -88,7 +32,7 @@ pub struct RequestLabels {
     pub request_protocol: Protocol,
     pub response_code: u16,
     pub response_flags: ResponseFlags,
-    pub connection_security_policy: &'static str,
+    pub connection_security_policy: SecurityPolicy,
 }
 
 /// Istio's default buckets for request durations.
@@ -106,28 +50,6 @@ pub struct DenyLabels {
     pub reason: &'static str,
 }
 
-/// Opaque TCP through the waypoint (`istio_tcp_*`, as Istio's waypoint reports non-HTTP traffic).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_service: String,
-    pub response_flags: ResponseFlags,
-    pub connection_security_policy: &'static str,
-}
-
-#[derive(Clone, Default)]
-pub struct TcpMetrics {
-    pub opened: Family<TcpLabels, Counter>,
-    pub closed: Family<TcpLabels, Counter>,
-    pub sent_bytes: Family<TcpLabels, Counter>,
-    pub received_bytes: Family<TcpLabels, Counter>,
-}
-
 #[derive(Clone)]
 pub struct Metrics {
     pub tcp: TcpMetrics,
@@ -140,7 +62,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            tcp: TcpMetrics::default(),
+            // Opaque (non-HTTP) traffic, as Istio's waypoint reports it.
+            tcp: TcpMetrics::register(registry),
             denied: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -153,26 +76,6 @@ impl Metrics {
         );
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests handled", m.requests.clone());
-        istio.register(
-            "tcp_connections_opened",
-            "Opaque TCP connections opened",
-            m.tcp.opened.clone(),
-        );
-        istio.register(
-            "tcp_connections_closed",
-            "Opaque TCP connections closed",
-            m.tcp.closed.clone(),
-        );
-        istio.register(
-            "tcp_sent_bytes",
-            "Bytes sent to the client (response direction)",
-            m.tcp.sent_bytes.clone(),
-        );
-        istio.register(
-            "tcp_received_bytes",
-            "Bytes received from the client (request direction)",
-            m.tcp.received_bytes.clone(),
-        );
         istio.register(
             "request_duration_milliseconds",
             "Request duration",

@@ -14,49 +14,21 @@ use mesh_core::admin::{json, text, Handler};
 use mesh_core::hbone::{
     accept_tls, parse_forwarded_for, serve_connection, ConnectHandler, InboundRequest, Responder,
 };
-use mesh_core::identity::Identity;
-use mesh_core::workload::state::{Service, Workload};
+use mesh_core::socket::{accept_backoff, accept_retrying};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use crate::downstream::Downstream;
 use crate::Ctx;
-
-/// The downstream side of one tunnel: who called, and which service it asked for.
-#[derive(Clone)]
-pub struct Downstream {
-    pub service: Arc<Service>,
-    pub port: u16,
-    pub peer_identity: Option<Identity>,
-    pub client_addr: SocketAddr,
-    pub client: Option<Arc<Workload>>,
-    pub h2: bool,
-}
-
-impl Downstream {
-    pub fn service_key(&self) -> String {
-        self.service.key().unwrap_or_else(|| {
-            format!(
-                "{}/{}.{}.svc.cluster.local",
-                self.service.namespace, self.service.name, self.service.namespace
-            )
-        })
-    }
-}
 
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     let handler = Arc::new(TunnelHandler { ctx: ctx.clone() });
+    let mut backoff = accept_backoff();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = ctx.drain.stopping() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = accept_retrying("HBONE", &mut backoff, || listener.accept()) => a,
         };
         let _ = tcp.set_nodelay(true);
         let (ctx, handler) = (ctx.clone(), handler.clone());

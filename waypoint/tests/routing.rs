@@ -9,7 +9,7 @@ use mesh_core::workload::state::Workload;
 use mesh_proto::mesh::l7::v1 as pb;
 use waypoint::cluster::{ClusterKey, Clusters, Outcome};
 use waypoint::routes::{compile, Action, Limits, Outlier, Policy, RequestView};
-use waypoint::upstream::{Checkout, H1Pool, PoolError};
+use waypoint::upstream::h1::{Checkout, H1Pool, PoolError};
 
 fn exact(v: &str) -> Option<pb::StringMatch> {
     Some(pb::StringMatch {
@@ -174,7 +174,7 @@ fn invalid_config_names_the_field() {
 
 fn workload(ip: &str) -> Arc<Workload> {
     Arc::new(
-        serde_yaml::from_str(&format!(
+        mesh_primitives::yaml::from_str(&format!(
             "{{name: w{ip}, namespace: default, ip: '{ip}', node: node1}}"
         ))
         .unwrap(),

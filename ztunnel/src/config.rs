@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_core::config::{duration, env_override, load_yaml, ConfigError};
+use mesh_core::config::{env_override, load_yaml, ConfigError};
 use mesh_core::control::ControlPlane;
 use mesh_core::hbone::{H2Settings, PoolSettings};
+use mesh_primitives::duration;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -162,9 +163,9 @@ mod tests {
     #[test]
     fn durations_round_trip_through_config_dump() {
         let cfg = Config::default();
-        let yaml = serde_yaml::to_string(&cfg).unwrap();
+        let yaml = mesh_primitives::yaml::to_string(&cfg).unwrap();
         assert!(yaml.contains("drainTimeout: 30s"), "{yaml}");
-        let back: Config = serde_yaml::from_str(&yaml).unwrap();
+        let back: Config = mesh_primitives::yaml::from_str(&yaml).unwrap();
         assert_eq!(back.drain_timeout, cfg.drain_timeout);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_core::hbone::Pool;
 use mesh_core::netns::NetNs;
+use mesh_core::socket::{accept_backoff, accept_retrying};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -168,16 +169,11 @@ impl Pods {
 
     /// Answers the node agent: each line received triggers a reconcile, answered `ok` or `error: <reasons>`.
     pub async fn serve_socket(self: Arc<Self>, listener: UnixListener) {
+        let mut backoff = accept_backoff();
         loop {
-            let stream = tokio::select! {
+            let (stream, _) = tokio::select! {
                 _ = self.ctx.drain.stopping() => return,
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "node agent socket accept failed");
-                        continue;
-                    }
-                },
+                s = accept_retrying("node agent socket", &mut backoff, || listener.accept()) => s,
             };
             let pods = self.clone();
             tokio::spawn(async move {

@@ -48,10 +48,7 @@ fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
         },
     );
     mesh_proto::envoy::config::core::v3::Node {
-        id: format!(
-            "ztunnel~0.0.0.0~{}.istio-system~istio-system.svc.cluster.local",
-            cfg.node_name
-        ),
+        id: mesh_primitives::names::xds_node_id("ztunnel", &cfg.node_name, "istio-system"),
         metadata: Some(prost_types::Struct { fields }),
         ..Default::default()
     }

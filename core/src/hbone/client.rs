@@ -41,9 +41,9 @@ pub struct ConnectRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct PoolSettings {
     pub max_streams_per_connection: usize,
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "mesh_primitives::duration")]
     pub idle_timeout: Duration,
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "mesh_primitives::duration")]
     pub connect_timeout: Duration,
 }
 

@@ -26,9 +26,9 @@ pub struct H2Settings {
     pub connection_window: u32,
     pub max_frame_size: u32,
     pub max_concurrent_streams: u32,
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "mesh_primitives::duration")]
     pub keepalive_interval: Duration,
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "mesh_primitives::duration")]
     pub keepalive_timeout: Duration,
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use mesh_primitives::cidr::{from_parts, IpNet};
 use mesh_proto::istio::security as pb;
 
 use crate::identity::Identity;
@@ -37,42 +38,16 @@ impl StrMatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Cidr {
-    ip: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.ip, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => prefix_eq(&net.octets(), &a.octets(), self.len),
-            (IpAddr::V6(net), IpAddr::V6(a)) => prefix_eq(&net.octets(), &a.octets(), self.len),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let bits = usize::from(bits).min(a.len() * 8);
-    let (whole, rest) = (bits / 8, bits % 8);
-    a[..whole] == b[..whole]
-        && (rest == 0 || {
-            let mask = 0xffu8 << (8 - rest);
-            a[whole] & mask == b[whole] & mask
-        })
-}
-
 #[derive(Debug, Default, Clone)]
 struct MatchSet {
     namespaces: Vec<StrMatch>,
     not_namespaces: Vec<StrMatch>,
     principals: Vec<StrMatch>,
     not_principals: Vec<StrMatch>,
-    source_ips: Vec<Cidr>,
-    not_source_ips: Vec<Cidr>,
-    destination_ips: Vec<Cidr>,
-    not_destination_ips: Vec<Cidr>,
+    source_ips: Vec<IpNet>,
+    not_source_ips: Vec<IpNet>,
+    destination_ips: Vec<IpNet>,
+    not_destination_ips: Vec<IpNet>,
     destination_ports: Vec<u32>,
     not_destination_ports: Vec<u32>,
 }
@@ -101,9 +76,9 @@ impl MatchSet {
             (pos.is_empty() || pos.iter().any(|m| m.matches(v)))
                 && !neg.iter().any(|m| m.matches(v))
         };
-        let ips = |pos: &[Cidr], neg: &[Cidr], ip: IpAddr| {
-            (pos.is_empty() || pos.iter().any(|n| n.contains(ip)))
-                && !neg.iter().any(|n| n.contains(ip))
+        let ips = |pos: &[IpNet], neg: &[IpNet], ip: IpAddr| {
+            (pos.is_empty() || pos.iter().any(|n| n.contains(&ip)))
+                && !neg.iter().any(|n| n.contains(&ip))
         };
         let port = u32::from(c.dst_port);
         strs(&self.namespaces, &self.not_namespaces, ns)
@@ -192,17 +167,12 @@ fn str_matches(list: &[pb::StringMatch]) -> Vec<StrMatch> {
         .collect()
 }
 
-fn cidrs(list: &[pb::Address], what: &str) -> Result<Vec<Cidr>, String> {
+fn cidrs(list: &[pb::Address], what: &str) -> Result<Vec<IpNet>, String> {
     list.iter()
         .map(|a| {
             let ip = ip(&a.address)
                 .ok_or_else(|| format!("{what}: address of {} bytes", a.address.len()))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = u8::try_from(a.length)
-                .ok()
-                .filter(|l| u32::from(*l) <= max)
-                .ok_or_else(|| format!("{what}: prefix length {} out of range", a.length))?;
-            Ok(Cidr { ip, len })
+            from_parts(ip, a.length).map_err(|e| format!("{what}: {e}"))
         })
         .collect()
 }
@@ -363,7 +333,7 @@ mod tests {
     }
 
     fn workload(ns: &str, bound: &[&str]) -> Workload {
-        let mut w: Workload = serde_yaml::from_str(&format!(
+        let mut w: Workload = mesh_primitives::yaml::from_str(&format!(
             "{{name: server, namespace: {ns}, ip: 198.18.2.2, node: node2}}"
         ))
         .expect("workload");
@@ -382,14 +352,23 @@ mod tests {
 
     #[test]
     fn cidrs_match_by_prefix() {
-        let c = Cidr {
-            ip: "198.18.1.0".parse().unwrap(),
-            len: 23,
+        let c = cidrs(
+            &[pb::Address {
+                address: vec![198, 18, 1, 0],
+                length: 23,
+            }],
+            "test",
+        )
+        .unwrap()[0];
+        assert!(c.contains(&"198.18.1.200".parse::<IpAddr>().unwrap()));
+        assert!(c.contains(&"198.18.0.1".parse::<IpAddr>().unwrap()));
+        assert!(!c.contains(&"198.18.2.1".parse::<IpAddr>().unwrap()));
+        assert!(!c.contains(&"::1".parse::<IpAddr>().unwrap()));
+        let too_long = pb::Address {
+            address: vec![198, 18, 1, 0],
+            length: 33,
         };
-        assert!(c.contains("198.18.1.200".parse().unwrap()));
-        assert!(c.contains("198.18.0.1".parse().unwrap()));
-        assert!(!c.contains("198.18.2.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
+        assert!(cidrs(&[too_long], "test").is_err());
     }
 
     #[test]

@@ -381,7 +381,7 @@ mod tests {
     use super::*;
 
     fn sample() -> LocalState {
-        serde_yaml::from_str(
+        mesh_primitives::yaml::from_str(
             r#"
 workloads:
 - {name: a, namespace: ns, ip: 198.18.1.2, node: n1, labels: {app: echo}}
@@ -427,7 +427,7 @@ services:
     #[tokio::test]
     async fn invalid_file_keeps_last_good_state() {
         let path = std::env::temp_dir().join(format!("zt-state-{}.yaml", std::process::id()));
-        std::fs::write(&path, serde_yaml::to_string(&sample()).unwrap()).unwrap();
+        std::fs::write(&path, mesh_primitives::yaml::to_string(&sample()).unwrap()).unwrap();
         let store = StateStore::default();
         let task = tokio::spawn(watch_file(
             path.clone(),
@@ -451,7 +451,7 @@ services:
         let mut bad = sample();
         bad.workloads.push(bad.workloads[0].clone());
         bad.workloads[3].name = "dup".into();
-        write_bumping_mtime(&path, &serde_yaml::to_string(&bad).unwrap());
+        write_bumping_mtime(&path, &mesh_primitives::yaml::to_string(&bad).unwrap());
         for _ in 0..250 {
             if store.rejected().is_some() {
                 break;
@@ -464,7 +464,7 @@ services:
         // A valid change is applied.
         let mut good = sample();
         good.workloads.pop();
-        write_bumping_mtime(&path, &serde_yaml::to_string(&good).unwrap());
+        write_bumping_mtime(&path, &mesh_primitives::yaml::to_string(&good).unwrap());
         wait_for(2).await;
         task.abort();
         let _ = std::fs::remove_file(&path);
@@ -506,7 +506,7 @@ services:
 
     #[test]
     fn unknown_field_rejected() {
-        let e = serde_yaml::from_str::<LocalState>(
+        let e = mesh_primitives::yaml::from_str::<LocalState>(
             "workloads: [{name: a, namespace: n, ip: 198.18.0.1, node: x, bogus: 1}]",
         )
         .unwrap_err()

@@ -232,7 +232,7 @@ waypoint (seed VirtualService + DestinationRule) for order-service (198.18.255.1
 
 /// The user's own manifests (the seed), unchanged, plus the two Services its TrafficSplit names.
 fn seed_manifests(c: &Cluster) -> Result<()> {
-    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/seed");
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/seed");
     for entry in std::fs::read_dir(&seed).with_context(|| format!("reading {}", seed.display()))? {
         let path = entry?.path();
         let name = path.file_name().context("seed file name")?;

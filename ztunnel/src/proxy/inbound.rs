@@ -15,7 +15,8 @@ use mesh_core::workload::authz::ConnInfo;
 use mesh_core::workload::state::Workload;
 
 use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
-use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, Transport};
+use crate::metrics::Transport;
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 pub struct Handler {
     pub ctx: Arc<ProxyCtx>,
@@ -115,7 +116,7 @@ impl Handler {
             return;
         }
         let registered = ctx.conns.register(info, Transport::hbone);
-        ctx.metrics.opened.get_or_create(&labels).inc();
+        ctx.metrics.tcp.opened.get_or_create(&labels).inc();
         let mut app = match pod
             .connect(req.authority, ctx.cfg.pool.connect_timeout)
             .await
@@ -125,7 +126,7 @@ impl Handler {
                 tracing::info!(error = %e, "app unreachable; 503");
                 respond.refuse(StatusCode::SERVICE_UNAVAILABLE);
                 labels.response_flags = ResponseFlags::UF;
-                ctx.metrics.record(&labels, 0, 0);
+                ctx.metrics.tcp.record(&labels, 0, 0);
                 return;
             }
         };
@@ -137,6 +138,6 @@ impl Handler {
             }
         };
         let (rx, tx) = pipe_until(ctx, &mut tunnel, &mut app, &registered.stop).await;
-        ctx.metrics.record(&labels, rx, tx);
+        ctx.metrics.tcp.record(&labels, rx, tx);
     }
 }

@@ -11,7 +11,8 @@ use tracing::Instrument;
 use mesh_core::workload::authz::ConnInfo;
 
 use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
-use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, Transport};
+use crate::metrics::Transport;
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
@@ -53,6 +54,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         }
         let registered = ctx.conns.register(info, Transport::plaintext);
         ctx.metrics
+            .tcp
             .opened
             .get_or_create(&ends.labels(td, ResponseFlags::None))
             .inc();
@@ -69,7 +71,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         if registered.stop.is_cancelled() {
             reset_on_close(&client);
         }
-        ctx.metrics.record(&ends.labels(td, flags), rx, tx);
+        ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
     }
     .instrument(span)
     .await

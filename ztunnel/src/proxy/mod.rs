@@ -17,6 +17,7 @@ use std::sync::Arc;
 use mesh_core::drain::DrainWatch;
 use mesh_core::hbone::Pool;
 use mesh_core::netns::NetNs;
+use mesh_core::socket::{accept_backoff, accept_retrying};
 use mesh_core::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::identity::CertManager;
-use crate::metrics::{ConnectionLabels, Metrics, Reporter, ResponseFlags, SecurityPolicy};
+use crate::metrics::Metrics;
 use crate::state::{Service, StateStore, Workload};
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
 /// What every connection of every pod shares.
 pub struct ProxyCtx {
@@ -121,22 +123,15 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
+        let mut backoff = accept_backoff();
         loop {
-            let accepted = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = ctx.drain.stopping() => return,
                 _ = pod.stop.cancelled() => return,
-                a = listener.accept() => a,
+                a = accept_retrying(&pod.name, &mut backoff, || listener.accept()) => a,
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    ctx.drain.spawn(on_conn(stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %pod.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
+            let _ = stream.set_nodelay(true);
+            ctx.drain.spawn(on_conn(stream, peer));
         }
     });
 }
@@ -208,9 +203,9 @@ pub struct Ends<'a> {
 }
 
 impl Ends<'_> {
-    pub fn labels(&self, td: &str, flags: ResponseFlags) -> ConnectionLabels {
+    pub fn labels(&self, td: &str, flags: ResponseFlags) -> TcpLabels {
         let unknown = || "unknown".to_string();
-        ConnectionLabels {
+        TcpLabels {
             reporter: self.reporter,
             source_workload: self.src.map(|w| w.name.clone()).unwrap_or_else(unknown),
             source_workload_namespace: self
@@ -233,7 +228,7 @@ impl Ends<'_> {
                 .unwrap_or_else(unknown),
             destination_service: self
                 .service
-                .map(|s| format!("{}.{}.svc.cluster.local", s.name, s.namespace))
+                .map(|s| mesh_primitives::names::hostname(&s.name, &s.namespace))
                 .unwrap_or_else(unknown),
             request_protocol: "tcp",
             response_flags: flags,

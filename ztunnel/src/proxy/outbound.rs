@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::{relay, Ends, Pod, ProxyCtx};
-use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 use crate::state::{Snapshot, TunnelProtocol, Upstream};
+use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
@@ -63,12 +63,13 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         };
         if up.workload.protocol == TunnelProtocol::None {
             ctx.metrics
+                .tcp
                 .opened
                 .get_or_create(&ends.labels(td, ResponseFlags::None))
                 .inc();
             let upstream = pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await;
             let (flags, rx, tx) = relay(&ctx, &mut client, upstream).await;
-            ctx.metrics.record(&ends.labels(td, flags), rx, tx);
+            ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
             return;
         }
         let Some(src) = src.as_deref() else {
@@ -79,6 +80,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
         };
         ends.security = SecurityPolicy::mutual_tls;
         ctx.metrics
+            .tcp
             .opened
             .get_or_create(&ends.labels(td, ResponseFlags::None))
             .inc();
@@ -88,6 +90,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             Err(e) => {
                 tracing::error!(error = %e, "no certificate for the source pod; closing");
                 ctx.metrics
+                    .tcp
                     .record(&ends.labels(td, ResponseFlags::UF), 0, 0);
                 return;
             }
@@ -120,7 +123,7 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             elapsed_ms = opened.elapsed().as_millis() as u64,
             "closed"
         );
-        ctx.metrics.record(&ends.labels(td, flags), rx, tx);
+        ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
     }
     .instrument(span)
     .await

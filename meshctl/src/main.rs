@@ -1,0 +1,267 @@
+//! `meshctl`: the mesh's command-line tool.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_model::{
+    self as model, Kind, ObjectKey, Severity, LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR,
+    WAYPOINT_CLASS,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(version, about = "Operate the mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a directory of Kubernetes/Istio YAML offline, as the control plane would, plus cross-object checks.
+    /// Exits non-zero when anything is an error.
+    Analyze {
+        /// Directory of YAML files (searched recursively).
+        dir: PathBuf,
+    },
+    /// Print the mesh's CustomResourceDefinitions as multi-document YAML (for a chart's `crds/` folder:
+    /// `meshctl crds > charts/mesh/crds/crds.yaml`).
+    Crds,
+    /// Manage waypoints (L7 proxies for a namespace's services).
+    Waypoint {
+        #[command(subcommand)]
+        command: WaypointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WaypointCommand {
+    /// Declare a waypoint: a Gateway API `Gateway` of class istio-waypoint, written to
+    /// `<dir>/waypoint-<namespace>-<name>.yaml` (or printed, like `istioctl waypoint generate`, without --dir).
+    Apply(WaypointApply),
+}
+
+#[derive(clap::Args)]
+struct WaypointApply {
+    /// Namespace of the waypoint.
+    #[arg(short, long)]
+    namespace: String,
+    /// Name of the waypoint Gateway.
+    #[arg(long, default_value = "waypoint")]
+    name: String,
+    /// Traffic the waypoint handles (its `istio.io/waypoint-for` label).
+    #[arg(long = "for", value_enum, default_value_t = WaypointFor::Service)]
+    waypoint_for: WaypointFor,
+    /// Also label the Namespace `istio.io/use-waypoint: <name>`, so its services use the waypoint.
+    #[arg(long)]
+    enroll_namespace: bool,
+    /// The control plane's config directory; without it the YAML is printed.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Istio's `istio.io/waypoint-for` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum WaypointFor {
+    Service,
+    Workload,
+    All,
+    None,
+}
+
+impl WaypointFor {
+    fn label(self) -> &'static str {
+        match self {
+            WaypointFor::Service => "service",
+            WaypointFor::Workload => "workload",
+            WaypointFor::All => "all",
+            WaypointFor::None => "none",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze { dir } => analyze(&dir),
+        Command::Crds => crds(),
+        Command::Waypoint {
+            command: WaypointCommand::Apply(args),
+        } => waypoint_apply(&args),
+    }
+}
+
+fn crds() -> ExitCode {
+    match mesh_model::crds::to_yaml() {
+        // A closed pipe (`meshctl crds | head`) is the reader's choice, not an error worth a panic.
+        Ok(yaml) => match std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing the CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: serializing the CRDs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn analyze(dir: &std::path::Path) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("error: {} is not a directory", dir.display());
+        return ExitCode::from(2);
+    }
+    let (set, mut diagnostics) = model::load_dir(dir, None);
+    diagnostics.extend(model::analyze(&set));
+    for d in &diagnostics {
+        println!("{d}");
+    }
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics.len() - errors;
+    if diagnostics.is_empty() {
+        println!(
+            "✔ No validation issues found when analyzing {}",
+            dir.display()
+        );
+    } else {
+        println!("{errors} error(s), {warnings} warning(s)");
+    }
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The waypoint Gateway, as `istioctl waypoint generate` writes it.
+fn gateway_yaml(args: &WaypointApply) -> String {
+    let gateway = json!({
+        "apiVersion": format!("{}/v1", model::GATEWAY_GROUP),
+        "kind": "Gateway",
+        "metadata": {
+            "name": args.name,
+            "namespace": args.namespace,
+            "labels": {LABEL_WAYPOINT_FOR: args.waypoint_for.label()},
+        },
+        "spec": {
+            "gatewayClassName": WAYPOINT_CLASS,
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    });
+    to_yaml(&gateway)
+}
+
+/// A Namespace enrolling its services in the waypoint, keeping `labels` it already has (from our own file).
+fn namespace_yaml(args: &WaypointApply, mut labels: BTreeMap<String, String>) -> String {
+    labels.insert(LABEL_USE_WAYPOINT.to_string(), args.name.clone());
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": args.namespace, "labels": labels},
+    });
+    to_yaml(&namespace)
+}
+
+fn to_yaml(value: &serde_json::Value) -> String {
+    mesh_primitives::yaml::to_string(value).expect("a JSON value always serializes to YAML")
+}
+
+fn waypoint_apply(args: &WaypointApply) -> ExitCode {
+    if let Err(e) = model::validate::check_dns_label(&args.namespace)
+        .and_then(|()| model::validate::check_dns_label(&args.name))
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let Some(dir) = &args.dir else {
+        print!("{}", gateway_yaml(args));
+        if args.enroll_namespace {
+            print!("---\n{}", namespace_yaml(args, BTreeMap::new()));
+        }
+        return ExitCode::SUCCESS;
+    };
+    if !dir.is_dir() {
+        eprintln!("error: {} is not a directory", dir.display());
+        return ExitCode::from(2);
+    }
+    let file = dir.join(format!("waypoint-{}-{}.yaml", args.namespace, args.name));
+    if let Err(code) = write(&file, &gateway_yaml(args)) {
+        return code;
+    }
+    if args.enroll_namespace {
+        return enroll_namespace(args, dir);
+    }
+    ExitCode::SUCCESS
+}
+
+fn write(file: &Path, text: &str) -> Result<(), ExitCode> {
+    match std::fs::write(file, text) {
+        Ok(()) => {
+            println!("wrote {}", file.display());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", file.display());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Labels the Namespace: in a file of our own when no other file declares it; a user's file is never rewritten,
+/// the user is told which one to edit instead (exit 1), unless it already carries the label.
+fn enroll_namespace(args: &WaypointApply, dir: &Path) -> ExitCode {
+    let own = dir.join(format!("namespace-{}-waypoint.yaml", args.namespace));
+    let (set, diagnostics) = model::load_dir(dir, None);
+    let key = ObjectKey::new(Kind::Namespace, "", &args.namespace);
+    // A declaration rejected as invalid still declares the Namespace: writing another would duplicate it.
+    let declared_in = set.source(&key).map(Path::to_path_buf).or_else(|| {
+        diagnostics
+            .iter()
+            .find(|d| d.kind == Kind::Namespace.name() && d.name == args.namespace)
+            .and_then(|d| d.file.clone())
+    });
+    match declared_in {
+        Some(file) if file != own => {
+            let labelled = set
+                .namespace(&args.namespace)
+                .and_then(|n| n.metadata.label(LABEL_USE_WAYPOINT))
+                == Some(args.name.as_str());
+            if labelled {
+                println!(
+                    "Namespace {} already uses waypoint {} ({})",
+                    args.namespace,
+                    args.name,
+                    file.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "error: Namespace {} is declared in {}: add the label `{LABEL_USE_WAYPOINT}: {}` to its metadata.labels there (meshctl does not rewrite your files)",
+                args.namespace,
+                file.display(),
+                args.name
+            );
+            ExitCode::FAILURE
+        }
+        _ => {
+            // Our own file may have been edited since: keep its other labels.
+            let labels = set
+                .namespace(&args.namespace)
+                .map(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
+            match write(&own, &namespace_yaml(args, labels)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
+        }
+    }
+}

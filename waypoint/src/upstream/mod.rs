@@ -1,0 +1,94 @@
+//! Upstream connections: how the waypoint reaches an endpoint ([`dial`]: HBONE as its own identity, or plain TCP
+//! to a workload outside the mesh), and the connections each cluster keeps ([`h1::H1Pool`], [`h2::H2Conns`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use mesh_core::certs::CertError;
+use mesh_core::hbone::{new_traceparent, ConnectRequest, HboneError, PoolKey};
+use mesh_core::identity::Identity;
+use mesh_core::workload::state::{TunnelProtocol, Workload};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::downstream::Downstream;
+use crate::Ctx;
+
+pub mod h1;
+pub mod h2;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A byte stream to a host: an HBONE tunnel or a TCP connection.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Why an upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("TCP connect to {0}: {1}")]
+    Tcp(SocketAddr, std::io::Error),
+    #[error("no certificate for {0}: {1}")]
+    Certificate(Identity, CertError),
+    #[error("HBONE to {0}: {1}")]
+    Tunnel(SocketAddr, HboneError),
+    #[error("connect to {0} timed out after {1:?}")]
+    Timeout(SocketAddr, Duration),
+}
+
+/// Opens a byte stream to `w:port`: HBONE as the waypoint's identity when `w` is in the mesh, else TCP.
+pub async fn dial(
+    ctx: &Ctx,
+    down: &Downstream,
+    w: &Workload,
+    port: u16,
+    connect_timeout: Option<Duration>,
+) -> Result<Box<dyn Io>, DialError> {
+    let limit = connect_timeout.unwrap_or(ctx.cfg.pool.connect_timeout);
+    let addr = SocketAddr::new(w.ip, port);
+    let dialed = async {
+        if w.protocol == TunnelProtocol::None {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| DialError::Tcp(addr, e))?;
+            let _ = s.set_nodelay(true);
+            return Ok(Box::new(s) as Box<dyn Io>);
+        }
+        let (cert, _) = ctx
+            .certs
+            .fetch(&ctx.identity)
+            .await
+            .map_err(|e| DialError::Certificate(ctx.identity.clone(), e))?;
+        let key = PoolKey {
+            src: ctx.identity.clone(),
+            dst: w.identity(&ctx.cfg.trust_domain),
+            dst_addr: SocketAddr::new(w.ip, mesh_core::HBONE_PORT),
+        };
+        let req = ConnectRequest {
+            authority: addr,
+            forwarded_for: down.client_addr,
+            baggage: None,
+            traceparent: Some(new_traceparent()),
+        };
+        let s = ctx
+            .pool
+            .connect(key, &cert, req)
+            .await
+            .map_err(|e| DialError::Tunnel(addr, e))?;
+        Ok(Box::new(s) as Box<dyn Io>)
+    };
+    tokio::time::timeout(limit, dialed)
+        .await
+        .map_err(|_| DialError::Timeout(addr, limit))?
+}
+
+/// Why an upstream HTTP connection could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("HTTP handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
