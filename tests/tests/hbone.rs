@@ -307,11 +307,12 @@ async fn a_thousand_concurrent_connections_all_complete() {
     );
     let dump = c.config_dump(0).unwrap();
     let conns = dump["pods"][0]["hboneConnections"].as_u64().unwrap_or(0);
-    // Streams are multiplexed, up to 100 per HBONE connection: about 10 connections, never one per TCP connection.
-    // (Fewer than 10 is fine: a stream can finish before the last ones open.)
+    // All 1000 streams were open at once (the barrier), multiplexed up to 100 per HBONE connection: at least 10
+    // connections (the stream cap holds), and not many more (no connection per TCP connection; a dial racing a
+    // freed stream may add one or two).
     assert!(
-        (1..=20).contains(&conns),
-        "1000 streams should share about 10 HBONE connections, saw {conns}"
+        (10..=12).contains(&conns),
+        "1000 concurrent streams should share 10 HBONE connections, saw {conns}"
     );
 }
 

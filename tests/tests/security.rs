@@ -107,9 +107,29 @@ fn authz_cluster() -> Cluster {
 }
 
 fn policy(action: &str, rules: &str) -> String {
+    named_policy("server-policy", action, rules)
+}
+
+fn named_policy(name: &str, action: &str, rules: &str) -> String {
     format!(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: server-policy, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: {action}\n{rules}"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: {action}\n{rules}"
     )
+}
+
+/// Polls until the server's ztunnel (node 2) holds exactly `key` of the server's policies: a row of a table
+/// is judged only on its own policy, never on the previous row's.
+fn wait_policy(c: &Cluster, key: &str) {
+    poll(key, Duration::from_secs(20), || {
+        let dump = c.config_dump(1).ok()?;
+        let servers: Vec<&str> = dump["authorizationPolicies"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|k| k.starts_with("default/server-policy"))
+            .collect();
+        (servers == [key]).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("ztunnel never held only {key}: {e}"));
 }
 
 #[test]
@@ -143,13 +163,18 @@ fn l4_authorization_policy_table() {
         ("ALLOW with no rules denies all", "ALLOW", String::new(), [false, false, false]),
         ("ALLOW rules: [{}] allows all", "ALLOW", "  rules: [{}]\n".into(), [true, true, true]),
     ];
-    for (name, action, rules, [want_a, want_b, want_a_8081]) in table {
-        c.apply("authz.yaml", &policy(action, &rules)).unwrap();
-        eventually(name, || {
-            reaches(&a, echo) == want_a
-                && reaches(&b, echo) == want_b
-                && whoami_ok(&a) == want_a_8081
-        });
+    for (i, (name, action, rules, [want_a, want_b, want_a_8081])) in table.into_iter().enumerate() {
+        // A new name per row replaces the previous row's policy (same file), and says when this one arrived.
+        let policy_name = format!("server-policy-{i}");
+        c.apply("authz.yaml", &named_policy(&policy_name, action, &rules))
+            .unwrap();
+        wait_policy(&c, &format!("default/{policy_name}"));
+        // The policy is in force: every new connection is judged by it, no polling needed.
+        assert_eq!(
+            [reaches(&a, echo), reaches(&b, echo), whoami_ok(&a)],
+            [want_a, want_b, want_a_8081],
+            "{name}: [client-a echo, client-b echo, client-a 8081]"
+        );
     }
     let m = c.metrics(1).unwrap();
     assert!(
@@ -157,7 +182,7 @@ fn l4_authorization_policy_table() {
             &m,
             "mesh_authorization_denied_connections_total",
             &[
-                "policy=\"default/server-policy\"",
+                "policy=\"default/server-policy-",
                 "reason=\"denied_by_policy\""
             ]
         ) >= 1.0
@@ -165,7 +190,7 @@ fn l4_authorization_policy_table() {
                 &m,
                 "mesh_authorization_denied_connections_total",
                 &[
-                    "policy=\"default/server-policy\"",
+                    "policy=\"default/server-policy-",
                     "reason=\"no_allow_policy_matched\""
                 ]
             ) >= 1.0,

@@ -500,10 +500,34 @@ fn retries_and_timeouts_are_observable_from_the_client() {
     let r = request(&client, stable, Req::get("/")).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let attempts = served(&c, "order-v1a") + served(&c, "order-v1b") - before;
+    // Three failures, then a success: 3 attempts when the load balancer's third pick is the pod that has
+    // recovered, 4 when it is not; never fewer than the three failures.
     assert!(
-        attempts >= 3,
+        (3..=4).contains(&attempts),
         "the failed attempts reached the pods: {attempts}"
     );
+    // Both pods failing: exactly 1 + 3 attempts, then the last 503 with Envoy's URX (retries exhausted).
+    set_failing(&c, "order-v1a", -1);
+    set_failing(&c, "order-v1b", -1);
+    let before = served(&c, "order-v1a") + served(&c, "order-v1b");
+    let r = request(&client, stable, Req::get("/")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    let attempts = served(&c, "order-v1a") + served(&c, "order-v1b") - before;
+    assert_eq!(
+        attempts, 4,
+        "attempts: 3 retries are allowed, no more, no fewer"
+    );
+    let m = c.waypoint_metrics("waypoint").unwrap();
+    assert!(
+        metric(
+            &m,
+            "istio_requests_total",
+            &["response_flags=\"URX\"", "response_code=\"503\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    set_failing(&c, "order-v1a", 0);
+    set_failing(&c, "order-v1b", 0);
     // The route's timeout cuts a slow answer short.
     let r = request(&client, stable, Req::get("/delay/3000")).unwrap();
     assert_eq!(r.status, 504, "{}", r.body);

@@ -227,6 +227,12 @@ waypoint (seed VirtualService + DestinationRule) for order-service (198.18.255.1
         bad == 0 && canary.len() == 1 && canary.contains_key("v2"),
         "waypoint routing is off: {plain:?} {canary:?}"
     );
+    // The seed's 90/10: v2 takes 100 of 1000 on average (binomial, sd 9.5); 60..=140 is four sd each way.
+    let v2 = plain.get("v2").copied().unwrap_or(0);
+    anyhow::ensure!(
+        plain.get("v1").copied().unwrap_or(0) + v2 == 1000 && (60..=140).contains(&v2),
+        "the 90/10 split is off: {plain:?}"
+    );
     Ok(())
 }
 

@@ -1,0 +1,357 @@
+//! The waypoint's whole request path without root: HBONE in on loopback, the routing pipeline, retries and
+//! circuit breakers, and plain HTTP out to upstream apps on 127.0.0.2 and 127.0.0.3 (workloads outside the mesh,
+//! so no second HBONE hop). The netns suite covers the same path across real pods; this runs anywhere.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_core::ca::CertificateAuthority;
+use mesh_core::certs::{CertManager, Issuer};
+use mesh_core::drain::Drain;
+use mesh_core::hbone::{ConnectRequest, Pool, PoolKey};
+use mesh_core::identity::Identity;
+use mesh_core::metrics::HboneMetrics;
+use mesh_core::tls::WorkloadCert;
+use mesh_core::workload::state::{LocalState, Snapshot, StateStore};
+use mesh_proto::mesh::l7::v1 as pb;
+use prometheus_client::registry::Registry;
+use waypoint::cluster::Clusters;
+use waypoint::config::Config;
+use waypoint::routes::{compile, L7Config};
+use waypoint::xds::{L7Snapshot, L7Store};
+use waypoint::Ctx;
+
+const SERVICE: &str = "default/order-service.default.svc.cluster.local";
+const VIP: &str = "198.18.255.11:80";
+
+/// An upstream app: answers with its version, fails the next `fail` requests with 503 (-1: all), counts.
+struct App {
+    version: &'static str,
+    fail: AtomicI64,
+    served: AtomicU64,
+}
+
+impl App {
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Acquire)
+    }
+
+    fn respond(&self) -> Response<Full<Bytes>> {
+        self.served.fetch_add(1, Ordering::AcqRel);
+        let failing = match self.fail.load(Ordering::Acquire) {
+            -1 => true,
+            n if n > 0 => self.fail.fetch_sub(1, Ordering::AcqRel) > 0,
+            _ => false,
+        };
+        let status = if failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        Response::builder()
+            .status(status)
+            .header("x-version", self.version)
+            .body(Full::new(Bytes::from(self.version)))
+            .expect("static response")
+    }
+}
+
+async fn app(ip: &str, version: &'static str) -> Arc<App> {
+    let listener = tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 8080))
+        .await
+        .expect("loopback address free");
+    let app = Arc::new(App {
+        version,
+        fail: AtomicI64::new(0),
+        served: AtomicU64::new(0),
+    });
+    let a = app.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let a = a.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let resp = a.respond();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    app
+}
+
+/// Each test's two apps on loopback addresses of their own (`127.0.0.<n>` and `<n + 1>`), so tests run in
+/// parallel.
+fn state_file(n: u8) -> String {
+    format!(
+        "
+workloads:
+- {{name: order-v1, namespace: default, ip: 127.0.0.{n}, node: n1, protocol: NONE, labels: {{app: order, version: v1}}}}
+- {{name: order-v2, namespace: default, ip: 127.0.0.{}, node: n1, protocol: NONE, labels: {{app: order, version: v2}}}}
+services:
+- {{name: order-service, namespace: default, vip: 198.18.255.11, hostname: order-service.default.svc.cluster.local,
+   ports: [{{port: 80, targetPort: 8080}}], selector: {{app: order}}}}
+",
+        n + 1
+    )
+}
+
+fn dest(subset: &str, weight: u32) -> pb::WeightedDestination {
+    pb::WeightedDestination {
+        destination: Some(pb::Destination {
+            service: SERVICE.into(),
+            subset: subset.into(),
+            port: 0,
+        }),
+        weight,
+        ..Default::default()
+    }
+}
+
+fn subset(name: &str, ip: [u8; 4]) -> pb::Subset {
+    pb::Subset {
+        name: name.into(),
+        addresses: vec![ip.to_vec()],
+        ..Default::default()
+    }
+}
+
+/// The seed's routing as the control plane sends it, plus a route with retries.
+fn seed(n: u8) -> pb::L7Service {
+    let canary = pb::RouteMatch {
+        headers: vec![pb::HeaderMatch {
+            name: "x-canary".into(),
+            value: Some(pb::StringMatch {
+                kind: Some(pb::string_match::Kind::Exact("true".into())),
+            }),
+            invert: false,
+        }],
+        ..Default::default()
+    };
+    let retried = pb::RouteMatch {
+        uri: Some(pb::StringMatch {
+            kind: Some(pb::string_match::Kind::Prefix("/retried".into())),
+        }),
+        ..Default::default()
+    };
+    pb::L7Service {
+        namespace: "default".into(),
+        hostname: "order-service.default.svc.cluster.local".into(),
+        routes: vec![
+            pb::HttpRoute {
+                name: "canary".into(),
+                matches: vec![canary],
+                destinations: vec![dest("v2", 100)],
+                ..Default::default()
+            },
+            pb::HttpRoute {
+                name: "retried".into(),
+                matches: vec![retried],
+                destinations: vec![dest("", 100)],
+                retry: Some(pb::Retry {
+                    attempts: 3,
+                    retry_on: vec!["5xx".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            pb::HttpRoute {
+                name: "split".into(),
+                destinations: vec![dest("v1", 90), dest("v2", 10)],
+                ..Default::default()
+            },
+        ],
+        subsets: vec![
+            subset("v1", [127, 0, 0, n]),
+            subset("v2", [127, 0, 0, n + 1]),
+        ],
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    waypoint: Identity,
+    client: WorkloadCert,
+    client_id: Identity,
+    pool: Pool,
+    _drain: Drain,
+}
+
+async fn waypoint(n: u8) -> Harness {
+    let cfg = Config {
+        name: "waypoint".into(),
+        namespace: "default".into(),
+        service_account: "waypoint".into(),
+        ..Config::default()
+    };
+    let ca = CertificateAuthority::generate(&cfg.trust_domain).unwrap();
+    let client_id = Identity::new(&cfg.trust_domain, "default", "client");
+    let client = ca.issue(&client_id, Duration::from_secs(600)).unwrap();
+    let state = StateStore::default();
+    state.store(
+        Snapshot::build(mesh_primitives::yaml::from_str::<LocalState>(&state_file(n)).unwrap())
+            .unwrap(),
+    );
+    let l7 = L7Store::default();
+    l7.store(Arc::new(L7Snapshot {
+        config: L7Config {
+            services: BTreeMap::from([(SERVICE.to_string(), Arc::new(compile(&seed(n)).unwrap()))])
+                .into_iter()
+                .collect(),
+        },
+        generation: 1,
+    }));
+    let mut registry = Registry::default();
+    let drain = Drain::new();
+    let ctx = Arc::new(Ctx {
+        identity: cfg.identity(),
+        state,
+        l7,
+        certs: CertManager::new(Issuer::Dev(Box::new(ca)), cfg.certificate_ttl),
+        pool: pool(),
+        clusters: Clusters::default(),
+        metrics: waypoint::metrics::Metrics::register(&mut registry),
+        drain: drain.watch(),
+        cfg: Arc::new(cfg),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let waypoint = ctx.identity.clone();
+    tokio::spawn(waypoint::proxy::serve(ctx, listener));
+    Harness {
+        addr,
+        waypoint,
+        client,
+        client_id,
+        pool: pool(),
+        _drain: drain,
+    }
+}
+
+fn pool() -> Pool {
+    Pool::new(
+        Default::default(),
+        Default::default(),
+        Arc::new(|_addr| tokio::net::TcpSocket::new_v4()),
+        HboneMetrics::default(),
+    )
+}
+
+impl Harness {
+    /// One HTTP/1.1 request to the service VIP, tunnelled to the waypoint as the client pod.
+    async fn get(&self, path: &str, canary: bool) -> (StatusCode, String) {
+        let key = PoolKey {
+            src: self.client_id.clone(),
+            dst: self.waypoint.clone(),
+            dst_addr: self.addr,
+        };
+        let req = ConnectRequest {
+            authority: VIP.parse().unwrap(),
+            forwarded_for: "127.0.0.1:40000".parse().unwrap(),
+            baggage: None,
+            traceparent: None,
+        };
+        let stream = self
+            .pool
+            .connect(key, &self.client, req)
+            .await
+            .expect("tunnel");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 over the tunnel");
+        tokio::spawn(conn);
+        let mut req = Request::get(path).header("host", "order-service");
+        if canary {
+            req = req.header("x-canary", "true");
+        }
+        let resp = send
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .expect("a response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+async fn apps(n: u8) -> (Arc<App>, Arc<App>) {
+    (
+        app(&format!("127.0.0.{n}"), "v1").await,
+        app(&format!("127.0.0.{}", n + 1), "v2").await,
+    )
+}
+
+#[tokio::test]
+async fn seed_routing_splits_90_10_and_sends_canaries_to_v2() {
+    let (v1, v2) = apps(2).await;
+    let h = waypoint(2).await;
+    for _ in 0..50 {
+        assert_eq!(h.get("/", true).await, (StatusCode::OK, "v2".into()));
+    }
+    assert_eq!(v1.served(), 0, "every x-canary request went to v2");
+    let before = v2.served();
+    let mut v2_share = 0;
+    for _ in 0..1000 {
+        let (status, body) = h.get("/", false).await;
+        assert_eq!(status, StatusCode::OK);
+        v2_share += usize::from(body == "v2");
+    }
+    assert_eq!(v1.served() + v2.served() - before, 1000);
+    // Binomial(1000, 0.1): sd 9.5; 60..=140 is four sd each way.
+    assert!((60..=140).contains(&v2_share), "v2 took {v2_share} of 1000");
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_routes_limit() {
+    let (v1, v2) = apps(4).await;
+    let h = waypoint(4).await;
+    // Three failures in all: the fourth attempt succeeds, wherever the balancer sends each.
+    v1.fail.store(2, Ordering::Release);
+    v2.fail.store(1, Ordering::Release);
+    let (status, _) = h.get("/retried", false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!((3..=4).contains(&(v1.served() + v2.served())));
+    // Everything failing: exactly 1 + 3 attempts, then the last 503.
+    v1.fail.store(-1, Ordering::Release);
+    v2.fail.store(-1, Ordering::Release);
+    let before = v1.served() + v2.served();
+    let (status, _) = h.get("/retried", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        v1.served() + v2.served() - before,
+        4,
+        "3 retries, no more, no fewer"
+    );
+    // A route without retries makes exactly one attempt.
+    let before = v1.served() + v2.served();
+    let (status, _) = h.get("/", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.served() + v2.served() - before, 1);
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_a_local_reply_with_envoys_text() {
+    // No apps listening: the dial fails, and the waypoint answers 503 itself (Envoy's UF text).
+    let h = waypoint(6).await;
+    let (status, body) = h.get("/", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        "{body}"
+    );
+}
