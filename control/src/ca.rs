@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mesh_core::ca::CertificateAuthority;
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use mesh_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use mesh_core::ca::CertificateAuthority;
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use mesh_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use prometheus_client::metrics::gauge::Gauge;

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 

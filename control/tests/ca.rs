@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mesh_control::ca::{CaService, Caller, NodeIdentities, TokenAuthenticator};
 use mesh_core::ca::{new_csr, CertificateAuthority};
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use mesh_proto::istio::v1::auth::IstioCertificateRequest;
 use prometheus_client::registry::Registry;

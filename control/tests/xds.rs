@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mesh_control::ca::{Caller, TokenAuthenticator};
 use mesh_control::xds::{AdsService, Resource, Snapshot, XdsMetrics};
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};

@@ -12,8 +12,8 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::identity::Identity;
 use crate::tls::WorkloadCert;
+use mesh_primitives::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::ca::{CaError, CertificateAuthority};
 use crate::control::{ControlError, ControlPlane};
-use crate::identity::Identity;
 use crate::tls::{TlsError, WorkloadCert};
+use mesh_primitives::identity::Identity;
 use rustls::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -211,12 +211,13 @@ impl CertManager {
     }
 }
 
-/// Retry delay after `failures` consecutive renewal failures (at least one): 0.5 s doubling to 30 s, jittered.
+/// Retry delay after `failures` consecutive renewal failures: 0.5 s × 2^failures, at most 30 s, jittered down to
+/// half.
 fn backoff(failures: u32) -> Duration {
     mesh_primitives::backoff::delay(
         Duration::from_millis(500),
         Duration::from_secs(30),
-        failures.saturating_sub(1),
+        failures,
     )
 }
 

@@ -15,8 +15,8 @@ use mesh_proto::istio::v1::auth::istio_certificate_service_client::IstioCertific
 use mesh_proto::istio::v1::auth::IstioCertificateRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::identity::Identity;
 use crate::tls::{parse_pem_certs, WorkloadCert};
+use mesh_primitives::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

@@ -19,7 +19,6 @@ pub mod config;
 pub mod control;
 pub mod drain;
 pub mod hbone;
-pub mod identity;
 pub mod metrics;
 pub mod netns;
 pub mod process;

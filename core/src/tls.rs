@@ -17,7 +17,7 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use crate::identity::Identity;
+use mesh_primitives::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

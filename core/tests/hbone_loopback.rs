@@ -11,9 +11,9 @@ use mesh_core::hbone::{
     accept_tls, serve_connection, ConnectHandler, ConnectRequest, H2Settings, H2Stream,
     InboundRequest, Pool, PoolKey, PoolSettings, Responder,
 };
-use mesh_core::identity::Identity;
 use mesh_core::metrics::HboneMetrics;
 use mesh_core::tls::WorkloadCert;
+use mesh_primitives::identity::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

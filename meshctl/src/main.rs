@@ -27,7 +27,7 @@ enum Command {
         dir: PathBuf,
     },
     /// Print the mesh's CustomResourceDefinitions as multi-document YAML (for a chart's `crds/` folder:
-    /// `meshctl crds > charts/mesh/crds/crds.yaml`).
+    /// `meshctl crds > charts/base/crds/crds.yaml`).
     Crds,
     /// Manage waypoints (L7 proxies for a namespace's services).
     Waypoint {

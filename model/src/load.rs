@@ -69,8 +69,22 @@ fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// Drops mapping entries whose value is null, as the API server does: `labels:` with nothing after it means no
+/// labels, not an error.
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// Deserialize into `T`, returning the fields it ignored; on failure, the field path and the reason.
-fn typed<T: DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), (String, String)> {
+fn typed<T: DeserializeOwned>(mut value: Value) -> Result<(T, Vec<String>), (String, String)> {
+    strip_nulls(&mut value);
     let mut ignored = Vec::new();
     let mut record = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
     let de = serde_ignored::Deserializer::new(value, &mut record);

@@ -14,7 +14,7 @@ pub enum CidrError {
 }
 
 /// Parses a CIDR or a bare address (a host route: /32 or /128). The prefix length is plain decimal digits, so
-/// `10.0.0.0/+8` and `10.0.0.0/ 8` are rejected everywhere alike.
+/// `10.0.0.0/+8`, `10.0.0.0/ 8` and `10.0.0.0/08` are rejected everywhere alike.
 pub fn parse(text: &str) -> Result<IpNet, CidrError> {
     let syntax = || CidrError::Syntax(text.to_string());
     let (addr, len) = match text.split_once('/') {
@@ -24,7 +24,13 @@ pub fn parse(text: &str) -> Result<IpNet, CidrError> {
     let ip: IpAddr = addr.parse().map_err(|_| syntax())?;
     let len = match len {
         None => max_len(ip),
-        Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => {
+        // Plain decimal without leading zeros, as Go's netip.ParsePrefix (Istio's parser) requires.
+        Some(l)
+            if !l.is_empty()
+                && l.len() <= 3
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && (l == "0" || !l.starts_with('0')) =>
+        {
             l.parse::<u8>().map_err(|_| syntax())?
         }
         Some(_) => return Err(syntax()),
@@ -83,6 +89,8 @@ mod tests {
             "198.18.0.0/33",
             "::/129",
             "198.18.0.0/0008",
+            "198.18.0.0/08",
+            "198.18.0.0/00",
             "not-an-ip",
             "",
             "198.18.0.0/8/8",

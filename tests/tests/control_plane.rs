@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_core::control::ControlPlane;
-use mesh_core::identity::Identity;
 use mesh_core::netns::NetNs;
+use mesh_primitives::identity::Identity;
 use mesh_tests::net::{contains, exchange};
 use mesh_tests::{poll, require_netns, Cluster, Mode, PodSpec};
 

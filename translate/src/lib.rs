@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 
 pub mod authz;
 pub mod l7;

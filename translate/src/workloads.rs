@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::istio::workload::{
     address, gateway_address, Address, GatewayAddress, NetworkAddress, Port, PortList, Service,
     TunnelProtocol, Workload,

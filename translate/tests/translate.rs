@@ -4,7 +4,7 @@
 mod common;
 
 use common::set_of;
-use mesh_core::identity::Identity;
+use mesh_primitives::identity::Identity;
 use mesh_proto::istio::workload::{
     address, gateway_address, Address, GatewayAddress, NetworkAddress, Service, TunnelProtocol,
     Workload,

@@ -7,8 +7,7 @@ use http::header::{HeaderName, CONNECTION, LOCATION};
 use http::{HeaderMap, StatusCode};
 use rand::Rng;
 
-use crate::forward::Forwarded;
-use crate::reply::response;
+use crate::reply::{response, Forwarded};
 use crate::routes::{Action, Match, Route, StrMatch, WeightedDestination};
 use mesh_core::metrics::ResponseFlags;
 
@@ -125,12 +124,12 @@ pub fn shadow(authority: &str) -> String {
 
 /// A `directResponse`: the configured status and body, nothing else.
 pub fn direct(status: StatusCode, body: Bytes) -> Forwarded {
-    answer(status, body)
+    answer(status, "", body)
 }
 
-fn answer(status: StatusCode, body: Bytes) -> Forwarded {
+fn answer(status: StatusCode, content_type: &str, body: Bytes) -> Forwarded {
     Forwarded {
-        resp: response(status, "", body),
+        resp: response(status, content_type, body),
         flags: ResponseFlags::None,
         upstream: None,
     }
@@ -148,6 +147,7 @@ pub fn redirect(action: &Action, authority: &str, path: &str) -> Forwarded {
     else {
         return answer(
             StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
             Bytes::from_static(b"not a redirect"),
         );
     };
@@ -163,7 +163,7 @@ pub fn redirect(action: &Action, authority: &str, path: &str) -> Forwarded {
         (None, _) => path.to_string(),
     };
     let location = format!("{}://{host}{new_path}", scheme.as_deref().unwrap_or("http"));
-    let mut f = answer(*status, Bytes::new());
+    let mut f = answer(*status, "text/plain", Bytes::new());
     if let Ok(v) = http::HeaderValue::from_str(&location) {
         f.resp.headers_mut().insert(LOCATION, v);
     }

@@ -320,3 +320,283 @@ fn rule(r: &pb::AuthzRule) -> Result<Rule, String> {
         .collect::<Result<_, String>>()?;
     Ok(Rule { from, to, when })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn policy(action: pb::authorization_policy::Action, rules: Vec<pb::AuthzRule>) -> Policy {
+        compile(&pb::AuthorizationPolicy {
+            name: "ns/p".into(),
+            action: action as i32,
+            rules,
+        })
+        .expect("compiles")
+    }
+
+    fn allow(rule: pb::AuthzRule) -> Vec<Policy> {
+        vec![policy(pb::authorization_policy::Action::Allow, vec![rule])]
+    }
+
+    struct Req {
+        principal: Option<&'static str>,
+        ip: &'static str,
+        host: &'static str,
+        port: u16,
+        method: &'static str,
+        path: &'static str,
+        headers: HeaderMap,
+    }
+
+    fn req() -> Req {
+        Req {
+            principal: Some("cluster.local/ns/shop/sa/web"),
+            ip: "198.18.1.7",
+            host: "Orders.shop.svc.cluster.local:80",
+            port: 80,
+            method: "GET",
+            path: "/api/v1/orders?limit=3",
+            headers: HeaderMap::new(),
+        }
+    }
+
+    fn allowed(policies: &[Policy], r: &Req) -> bool {
+        let request = Request {
+            principal: r.principal,
+            namespace: r.principal.and_then(|p| p.split('/').nth(2)),
+            source_ip: r.ip.parse().expect("ip"),
+            host: r.host,
+            port: r.port,
+            method: r.method,
+            path: r.path,
+            headers: &r.headers,
+        };
+        check(policies, &request).is_none()
+    }
+
+    fn to(op: pb::AuthzOperation) -> pb::AuthzRule {
+        pb::AuthzRule {
+            to: vec![op],
+            ..Default::default()
+        }
+    }
+
+    fn from(src: pb::AuthzSource) -> pb::AuthzRule {
+        pb::AuthzRule {
+            from: vec![src],
+            ..Default::default()
+        }
+    }
+
+    fn when(key: &str, values: &[&str], not_values: &[&str]) -> pb::AuthzRule {
+        pb::AuthzRule {
+            when: vec![pb::AuthzCondition {
+                key: key.into(),
+                values: s(values),
+                not_values: s(not_values),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hosts_match_case_insensitively_with_istio_wildcards() {
+        let p = allow(to(pb::AuthzOperation {
+            hosts: s(&["orders.shop.svc.cluster.local:80"]),
+            ..Default::default()
+        }));
+        assert!(allowed(&p, &req()));
+        let p = allow(to(pb::AuthzOperation {
+            hosts: s(&["*.svc.cluster.local:80"]),
+            not_hosts: s(&["payments*"]),
+            ..Default::default()
+        }));
+        assert!(allowed(&p, &req()));
+        let mut r = req();
+        r.host = "payments.shop.svc.cluster.local:80";
+        assert!(!allowed(&p, &r), "notHosts wins over hosts");
+    }
+
+    #[test]
+    fn ports_methods_and_paths_without_the_query() {
+        let p = allow(to(pb::AuthzOperation {
+            ports: s(&["80"]),
+            methods: s(&["GET"]),
+            paths: s(&["/api/*"]),
+            not_paths: s(&["/api/admin*"]),
+            ..Default::default()
+        }));
+        assert!(
+            allowed(&p, &req()),
+            "the query string is not part of the path"
+        );
+        let mut r = req();
+        r.port = 8080;
+        assert!(!allowed(&p, &r));
+        let mut r = req();
+        r.method = "POST";
+        assert!(!allowed(&p, &r));
+        let mut r = req();
+        r.path = "/api/admin/users";
+        assert!(!allowed(&p, &r), "notPaths");
+        let p = allow(to(pb::AuthzOperation {
+            not_methods: s(&["DELETE"]),
+            not_ports: s(&["9090"]),
+            ..Default::default()
+        }));
+        assert!(allowed(&p, &req()));
+        let mut r = req();
+        r.method = "DELETE";
+        assert!(!allowed(&p, &r));
+    }
+
+    #[test]
+    fn ip_blocks_and_their_negations() {
+        let p = allow(from(pb::AuthzSource {
+            ip_blocks: s(&["198.18.0.0/15"]),
+            not_ip_blocks: s(&["198.18.1.7"]),
+            ..Default::default()
+        }));
+        assert!(!allowed(&p, &req()), "a host in notIpBlocks is excluded");
+        let mut r = req();
+        r.ip = "198.18.1.8";
+        assert!(allowed(&p, &r));
+        r.ip = "203.0.113.1";
+        assert!(!allowed(&p, &r), "outside every block");
+        let p = allow(from(pb::AuthzSource {
+            remote_ip_blocks: s(&["198.18.1.0/24"]),
+            ..Default::default()
+        }));
+        assert!(
+            allowed(&p, &req()),
+            "remoteIpBlocks: the source address without a trusted proxy"
+        );
+        let bad = pb::AuthorizationPolicy {
+            name: "ns/bad".into(),
+            action: 0,
+            rules: vec![from(pb::AuthzSource {
+                ip_blocks: s(&["198.18.0.0/+8"]),
+                ..Default::default()
+            })],
+        };
+        assert!(
+            compile(&bad).is_err(),
+            "a malformed CIDR is rejected, not ignored"
+        );
+    }
+
+    #[test]
+    fn principals_namespaces_and_not_forms() {
+        let p = allow(from(pb::AuthzSource {
+            principals: s(&["cluster.local/ns/shop/*"]),
+            not_namespaces: s(&["kube-system"]),
+            ..Default::default()
+        }));
+        assert!(allowed(&p, &req()));
+        let mut r = req();
+        r.principal = None;
+        assert!(!allowed(&p, &r), "no peer identity matches no principal");
+        let p = allow(from(pb::AuthzSource {
+            not_principals: s(&["*"]),
+            ..Default::default()
+        }));
+        assert!(!allowed(&p, &req()));
+        assert!(
+            allowed(&p, &r),
+            "notPrincipals [*] admits only unauthenticated callers"
+        );
+        // No JWT here: requestPrincipals never match, their not-form always does.
+        let p = allow(from(pb::AuthzSource {
+            request_principals: s(&["*"]),
+            ..Default::default()
+        }));
+        assert!(!allowed(&p, &req()));
+        let p = allow(from(pb::AuthzSource {
+            not_request_principals: s(&["*"]),
+            ..Default::default()
+        }));
+        assert!(allowed(&p, &req()));
+    }
+
+    #[test]
+    fn when_conditions_known_and_unknown_keys() {
+        let mut r = req();
+        r.headers.insert("x-tenant", "blue".parse().unwrap());
+        assert!(allowed(
+            &allow(when("request.headers[x-tenant]", &["blue"], &[])),
+            &r
+        ));
+        assert!(!allowed(
+            &allow(when("request.headers[x-tenant]", &["red"], &[])),
+            &r
+        ));
+        assert!(!allowed(
+            &allow(when("request.headers[x-tenant]", &[], &["bl*"])),
+            &r
+        ));
+        assert!(allowed(
+            &allow(when("source.ip", &["198.18.1.0/24"], &[])),
+            &r
+        ));
+        assert!(allowed(
+            &allow(when("source.namespace", &["shop"], &[])),
+            &r
+        ));
+        assert!(allowed(&allow(when("destination.port", &["80"], &[])), &r));
+        assert!(!allowed(
+            &allow(when("destination.port", &["443"], &[])),
+            &r
+        ));
+        // Attributes the waypoint never has (JWT claims, SNI): a positive condition fails, a negative one holds.
+        assert!(!allowed(
+            &allow(when("request.auth.claims[iss]", &["*"], &[])),
+            &r
+        ));
+        assert!(allowed(&allow(when("connection.sni", &[], &["*"])), &r));
+    }
+
+    #[test]
+    fn deny_wins_an_allow_must_match_and_audit_changes_nothing() {
+        use pb::authorization_policy::Action as A;
+        let deny_admin = policy(
+            A::Deny,
+            vec![to(pb::AuthzOperation {
+                paths: s(&["/admin*"]),
+                ..Default::default()
+            })],
+        );
+        let allow_all = policy(A::Allow, vec![pb::AuthzRule::default()]);
+        let audit = policy(A::Audit, vec![pb::AuthzRule::default()]);
+        let mut r = req();
+        assert!(allowed(&[allow_all.clone(), audit.clone()], &r));
+        assert!(
+            allowed(std::slice::from_ref(&audit), &r),
+            "AUDIT alone allows"
+        );
+        r.path = "/admin";
+        let set = [allow_all, deny_admin, audit];
+        let request = Request {
+            principal: r.principal,
+            namespace: Some("shop"),
+            source_ip: r.ip.parse().unwrap(),
+            host: r.host,
+            port: r.port,
+            method: r.method,
+            path: r.path,
+            headers: &r.headers,
+        };
+        assert_eq!(
+            check(&set, &request),
+            Some(("ns/p".into(), "denied_by_policy"))
+        );
+        let no_rules = policy(A::Allow, vec![]);
+        assert!(
+            !allowed(&[no_rules], &req()),
+            "an ALLOW without rules allows nothing"
+        );
+    }
+}

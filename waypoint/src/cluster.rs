@@ -280,7 +280,7 @@ impl Clusters {
                     "name": c.key.to_string(),
                     "activeRequests": c.active_requests.load(Ordering::Relaxed),
                     "connections": c.h1.connections(),
-                    "http2_connections": c.h2.connections(),
+                    "http2Connections": c.h2.connections(),
                     "ejected": c.ejected(),
                 })
             })

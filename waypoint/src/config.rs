@@ -8,8 +8,8 @@ use std::time::Duration;
 use mesh_core::config::{env_override, load_yaml, ConfigError};
 use mesh_core::control::ControlPlane;
 use mesh_core::hbone::{H2Settings, PoolSettings};
-use mesh_core::identity::Identity;
 use mesh_primitives::duration;
+use mesh_primitives::identity::Identity;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_core::identity::Identity;
 use mesh_core::workload::state::{Service, Workload};
+use mesh_primitives::identity::Identity;
 
 /// The downstream side of one tunnel: who called, and which service it asked for.
 #[derive(Clone)]

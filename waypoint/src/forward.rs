@@ -8,13 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh_core::workload::state::{Snapshot, Workload};
+use mesh_core::workload::state::{Snapshot, TunnelProtocol, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::budget::admit;
 use crate::cluster::{Cluster, ClusterKey, Outcome};
 use crate::downstream::Downstream;
-use crate::reply::{full, LocalReply};
+use crate::reply::{full, Forwarded, LocalReply};
 use crate::routes::{Destination, Limits, Policy, RetryPolicy};
 use crate::upstream::h1::{Checkout, PoolError};
 use crate::upstream::{dial, Body, BoxError, ConnectError};
@@ -52,13 +52,6 @@ impl Payload {
     }
 }
 
-/// What came back, and how to report it.
-pub struct Forwarded {
-    pub resp: Response<Body>,
-    pub flags: ResponseFlags,
-    pub upstream: Option<Arc<Workload>>,
-}
-
 /// How one attempt failed; [`finish`] turns the last one into the client's [`LocalReply`].
 enum AttemptError {
     Overflow,
@@ -77,7 +70,10 @@ impl From<AttemptError> for LocalReply {
             AttemptError::Overflow => LocalReply::Overflow,
             AttemptError::PoolTimeout | AttemptError::Timeout => LocalReply::Timeout,
             AttemptError::Invalid(e) => LocalReply::Invalid(e.to_string()),
-            AttemptError::Connect(e) => LocalReply::ConnectFailure(e.to_string()),
+            AttemptError::Connect(e) => {
+                tracing::debug!(error = %e, "upstream connect failed");
+                LocalReply::ConnectFailure(e.reason())
+            }
             AttemptError::Reset(e) => LocalReply::Reset(e.to_string()),
         }
     }
@@ -199,9 +195,10 @@ async fn attempts(
             return finish(result, w, attempt > 0);
         }
         attempt += 1;
-        // Envoy's default back-off: 25 ms base, doubled per retry, jittered, at most 250 ms.
+        // Before the n-th retry: 50–100 ms, then 100–200 ms, then 125–250 ms (capped at 250 ms, Envoy's 10× its
+        // 25 ms base interval).
         tokio::time::sleep(mesh_primitives::backoff::delay(
-            Duration::from_millis(25),
+            Duration::from_millis(100),
             Duration::from_millis(250),
             attempt - 1,
         ))
@@ -359,7 +356,11 @@ fn tcp_labels(
             .split_once('/')
             .map_or(service_key, |(_, h)| h)
             .to_string(),
-        destination_principal: w.identity(&ctx.cfg.trust_domain).to_string(),
+        // A workload outside the mesh (plain TCP) has no identity.
+        destination_principal: match w.protocol {
+            TunnelProtocol::Hbone => w.identity(&ctx.cfg.trust_domain).to_string(),
+            TunnelProtocol::None => unknown(),
+        },
         request_protocol: "tcp",
         response_flags: flags,
         connection_security_policy: SecurityPolicy::mutual_tls,

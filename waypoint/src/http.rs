@@ -21,9 +21,9 @@ use crate::actions::{
     direct, pick_weighted, redirect, rewrite, shadow, strip_hop_by_hop, upgrade_of,
 };
 use crate::downstream::Downstream;
-use crate::forward::{forward, Forwarded, Payload, Template};
+use crate::forward::{forward, Payload, Template};
 use crate::metrics::{Protocol, RequestLabels};
-use crate::reply::LocalReply;
+use crate::reply::{Forwarded, LocalReply};
 use crate::routes::{
     default_route, Action, Destination, Match, RequestView, RetryPolicy, Route, ServiceRoutes,
     WeightedDestination,

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use mesh_core::certs::{CertManager, Issuer};
 use mesh_core::drain::{Drain, DrainOutcome, DrainWatch};
 use mesh_core::hbone::Pool;
-use mesh_core::identity::Identity;
 use mesh_core::workload::state::StateStore;
+use mesh_primitives::identity::Identity;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::Clusters;

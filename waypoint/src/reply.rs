@@ -2,13 +2,22 @@
 //! body and response flag that reason gets. The one place a failure turns into what the client and the
 //! `response_flags` metric label see.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh_core::metrics::ResponseFlags;
+use mesh_core::workload::state::Workload;
 
-use crate::forward::Forwarded;
 use crate::upstream::Body;
+
+/// What came back, and how to report it.
+pub struct Forwarded {
+    pub resp: Response<Body>,
+    pub flags: ResponseFlags,
+    pub upstream: Option<Arc<Workload>>,
+}
 
 /// Why the waypoint answered instead of an upstream.
 #[derive(Debug, thiserror::Error)]

@@ -137,7 +137,7 @@ impl Pods {
     }
 
     /// Identities of the enrolled pods that the state knows.
-    pub fn identities(&self) -> Vec<mesh_core::identity::Identity> {
+    pub fn identities(&self) -> Vec<mesh_primitives::identity::Identity> {
         let snap = self.ctx.state.load();
         let running = self.running.lock().expect("pods lock");
         let mut ids: Vec<_> = running

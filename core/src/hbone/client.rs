@@ -17,9 +17,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpSocket;
 
 use super::{H2Settings, H2Stream, HboneError};
-use crate::identity::Identity;
 use crate::metrics::{Direction, HboneMetrics};
 use crate::tls::WorkloadCert;
+use mesh_primitives::identity::Identity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct PoolKey {

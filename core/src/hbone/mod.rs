@@ -16,7 +16,7 @@ pub use server::{
 };
 pub use stream::H2Stream;
 
-use crate::identity::Identity;
+use mesh_primitives::identity::Identity;
 
 /// HTTP/2 sizing for throughput: a few MiB per stream, more per connection, large frames.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -15,8 +15,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{H2Settings, H2Stream};
 use crate::drain::DrainWatch;
-use crate::identity::Identity;
 use crate::metrics::{Direction, HboneMetrics};
+use mesh_primitives::identity::Identity;
 
 /// A `CONNECT` the server accepted for parsing; the handler decides what happens to it.
 #[derive(Debug)]

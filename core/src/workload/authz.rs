@@ -14,9 +14,9 @@ use std::sync::Arc;
 use mesh_primitives::cidr::{from_parts, IpNet};
 use mesh_proto::istio::security as pb;
 
-use crate::identity::Identity;
 use crate::workload::ip_from_bytes as ip;
 use crate::workload::state::Workload;
+use mesh_primitives::identity::Identity;
 
 #[derive(Debug, Clone, PartialEq)]
 enum StrMatch {

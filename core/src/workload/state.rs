@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::identity::Identity;
 use arc_swap::ArcSwap;
+use mesh_primitives::identity::Identity;
 
 use crate::workload::authz::Policies;
 

@@ -1,7 +1,7 @@
 //! Loading a directory: last-good retention, per-file syntax errors, duplicates, and the set's dump form.
 
 use super::{errors, TempDir};
-use crate::{load_dir, ConfigSet, Kind, Object, ObjectKey, Severity};
+use crate::{load_dir, load_str, ConfigSet, Kind, Object, ObjectKey, Severity};
 
 fn vs(name: &str, weight: &str) -> String {
     format!(
@@ -208,4 +208,21 @@ fn config_set_dumps_as_kubernetes_objects() {
     let copy = set.clone();
     assert_eq!(copy, set);
     assert_ne!(copy, ConfigSet::default());
+}
+
+#[test]
+fn blank_values_mean_empty_and_number_like_labels_stay_strings() {
+    let (objects, diags) = load_str(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: order\n  labels:\n  annotations:\nspec:\n  selector: {app: order, build: 0755}\n  ports:\n  - {port: 80}\n",
+        None,
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    let Object::Service(s) = &objects[0] else {
+        panic!("a Service: {objects:?}")
+    };
+    assert!(s.metadata.labels.is_empty());
+    assert_eq!(
+        s.spec.selector.get("build").map(String::as_str),
+        Some("0755")
+    );
 }

@@ -142,7 +142,7 @@ fn main() -> Result<()> {
 /// terminates it and connects to `direct-server`: the same two-hop, encrypted-between-nodes shape as the mesh.
 fn haproxy_pair(c: &Cluster) -> Result<Vec<std::process::Child>> {
     use mesh_core::ca::CertificateAuthority;
-    use mesh_core::identity::Identity;
+    use mesh_primitives::identity::Identity;
     let ca = CertificateAuthority::load_or_create(&c.ca_dir(), "cluster.local")?;
     let pem_of = |tag: &str, der: &[u8]| pem::encode(&pem::Pem::new(tag, der.to_vec()));
     let bundle = |sa: &str| -> Result<String> {

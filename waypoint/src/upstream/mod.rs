@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use mesh_core::certs::CertError;
 use mesh_core::hbone::{new_traceparent, ConnectRequest, HboneError, PoolKey};
-use mesh_core::identity::Identity;
 use mesh_core::workload::state::{TunnelProtocol, Workload};
+use mesh_primitives::identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::downstream::Downstream;
@@ -82,6 +82,29 @@ pub async fn dial(
     tokio::time::timeout(limit, dialed)
         .await
         .map_err(|_| DialError::Timeout(addr, limit))?
+}
+
+impl DialError {
+    /// The reason alone, without addresses or identities: what a client may see in a 503 body (the full error is
+    /// logged).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Tcp(_, e) => e.to_string(),
+            Self::Certificate(..) => "no certificate".into(),
+            Self::Tunnel(_, e) => e.to_string(),
+            Self::Timeout(..) => "connect timeout".into(),
+        }
+    }
+}
+
+impl ConnectError {
+    /// See [`DialError::reason`].
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Dial(e) => e.reason(),
+            Self::Handshake(e) => e.to_string(),
+        }
+    }
 }
 
 /// Why an upstream HTTP connection could not be made ready.
