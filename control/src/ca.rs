@@ -2,8 +2,8 @@
 //!
 //! Authentication of callers is the security boundary. A node proxy (ztunnel) may impersonate only identities of
 //! pods scheduled on its own node, as Istio's ztunnel does; a waypoint only its own identity. File mode
-//! authenticates callers by per-node bootstrap tokens from the control plane's config; Kubernetes mode will check
-//! projected service-account tokens (TokenReview) behind the same [`Authenticator`].
+//! authenticates callers by per-node bootstrap tokens from the control plane's config; Kubernetes mode checks
+//! projected service-account tokens with a TokenReview (`token_review.rs`) behind the same [`Authenticator`].
 
 use std::collections::HashMap;
 use std::sync::Arc;

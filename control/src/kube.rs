@@ -24,7 +24,8 @@ pub struct Watched(
     pub &'static str,
 );
 
-/// Everything the control plane watches (EndpointSlices are not needed: workloads are derived from Pods).
+/// Everything the control plane watches. Workloads come from Pods; EndpointSlices give the endpoints of Services
+/// without a selector.
 pub const WATCHED: &[Watched] = &[
     Watched("", "v1", "Namespace", "namespaces"),
     Watched("", "v1", "Pod", "pods"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mesh_core::ca::CertificateAuthority;
@@ -32,16 +32,43 @@ use waypoint::Ctx;
 const SERVICE: &str = "default/order-service.default.svc.cluster.local";
 const VIP: &str = "198.18.255.11:80";
 
-/// An upstream app: answers with its version, fails the next `fail` requests with 503 (-1: all), counts.
+/// An upstream app: answers with its version, fails the next `fail` requests with 503 (-1: all), waits `delay_ms`
+/// before answering, and counts connections, requests (and those in flight) and the body sizes it received.
+#[derive(Default)]
 struct App {
     version: &'static str,
     fail: AtomicI64,
     served: AtomicU64,
+    conns: AtomicU64,
+    in_flight: AtomicU64,
+    delay_ms: AtomicU64,
+    bodies: std::sync::Mutex<Vec<usize>>,
 }
 
 impl App {
     fn served(&self) -> u64 {
         self.served.load(Ordering::Acquire)
+    }
+
+    fn bodies(&self) -> Vec<usize> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let len = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        self.bodies.lock().unwrap().push(len);
+        let delay = self.delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let resp = self.respond();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        resp
     }
 
     fn respond(&self) -> Response<Full<Bytes>> {
@@ -70,8 +97,7 @@ async fn app(ip: &str, version: &'static str) -> Arc<App> {
         .expect("loopback address free");
     let app = Arc::new(App {
         version,
-        fail: AtomicI64::new(0),
-        served: AtomicU64::new(0),
+        ..App::default()
     });
     let a = app.clone();
     tokio::spawn(async move {
@@ -79,11 +105,12 @@ async fn app(ip: &str, version: &'static str) -> Arc<App> {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            a.conns.fetch_add(1, Ordering::AcqRel);
             let a = a.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let resp = a.respond();
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let a = a.clone();
+                    async move { Ok::<_, std::convert::Infallible>(a.handle(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -193,11 +220,15 @@ struct Harness {
 }
 
 async fn waypoint(n: u8) -> Harness {
+    waypoint_with(n, Config::default(), seed(n)).await
+}
+
+async fn waypoint_with(n: u8, cfg: Config, service: pb::L7Service) -> Harness {
     let cfg = Config {
         name: "waypoint".into(),
         namespace: "default".into(),
         service_account: "waypoint".into(),
-        ..Config::default()
+        ..cfg
     };
     let ca = CertificateAuthority::generate(&cfg.trust_domain).unwrap();
     let client_id = Identity::new(&cfg.trust_domain, "default", "client");
@@ -210,7 +241,7 @@ async fn waypoint(n: u8) -> Harness {
     let l7 = L7Store::default();
     l7.store(Arc::new(L7Snapshot {
         config: L7Config {
-            services: BTreeMap::from([(SERVICE.to_string(), Arc::new(compile(&seed(n)).unwrap()))])
+            services: BTreeMap::from([(SERVICE.to_string(), Arc::new(compile(&service).unwrap()))])
                 .into_iter()
                 .collect(),
         },
@@ -253,8 +284,23 @@ fn pool() -> Pool {
 }
 
 impl Harness {
-    /// One HTTP/1.1 request to the service VIP, tunnelled to the waypoint as the client pod.
+    /// One HTTP/1.1 GET to the service VIP, tunnelled to the waypoint as the client pod.
     async fn get(&self, path: &str, canary: bool) -> (StatusCode, String) {
+        self.send(http::Method::GET, path, Bytes::new(), canary)
+            .await
+    }
+
+    async fn post(&self, path: &str, body: Bytes) -> (StatusCode, String) {
+        self.send(http::Method::POST, path, body, false).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+        canary: bool,
+    ) -> (StatusCode, String) {
         let key = PoolKey {
             src: self.client_id.clone(),
             dst: self.waypoint.clone(),
@@ -275,12 +321,15 @@ impl Harness {
             .await
             .expect("HTTP/1.1 over the tunnel");
         tokio::spawn(conn);
-        let mut req = Request::get(path).header("host", "order-service");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "order-service");
         if canary {
             req = req.header("x-canary", "true");
         }
         let resp = send
-            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .send_request(req.body(Full::new(body)).unwrap())
             .await
             .expect("a response");
         let status = resp.status();
@@ -354,4 +403,122 @@ async fn a_dead_upstream_is_a_local_reply_with_envoys_text() {
         body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
         "{body}"
     );
+}
+
+/// A route to one subset (and a mirror of it to the other), with retries, for the body and pool tests.
+fn routed(n: u8, retry: bool, mirror: bool, pool: pb::ConnectionPool) -> pb::L7Service {
+    let mut svc = seed(n);
+    svc.routes = vec![pb::HttpRoute {
+        name: "v1".into(),
+        destinations: vec![dest("v1", 100)],
+        retry: retry.then(|| pb::Retry {
+            attempts: 3,
+            retry_on: vec!["5xx".into()],
+            ..Default::default()
+        }),
+        mirrors: if mirror {
+            vec![pb::Mirror {
+                destination: dest("v2", 100).destination,
+                percent: 100.0,
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }];
+    let policy = pb::TrafficPolicy {
+        connection_pool: Some(pool),
+        ..Default::default()
+    };
+    // As the control plane sends it: each subset's policy already merged over the host's.
+    for subset in &mut svc.subsets {
+        subset.policy = Some(policy.clone());
+    }
+    svc.policy = Some(policy);
+    svc
+}
+
+/// Polls `check` for up to 5 s.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn bodies_up_to_max_buffered_body_bytes_are_retried_and_mirrored_whole() {
+    let (v1, v2) = apps(8).await;
+    let cfg = Config {
+        max_buffered_body_bytes: 1024,
+        ..Config::default()
+    };
+    let h = waypoint_with(8, cfg, routed(8, true, false, Default::default())).await;
+    v1.fail.store(-1, Ordering::Release);
+    // A small body is buffered: every one of the 1 + 3 attempts carries all of it.
+    let (status, _) = h.post("/", Bytes::from(vec![b'x'; 100])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.bodies(), vec![100; 4]);
+    // Over the limit the body is streamed once, so the request is not retried.
+    let (status, _) = h.post("/", Bytes::from(vec![b'x'; 4096])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.bodies(), [vec![100; 4], vec![4096]].concat());
+    assert_eq!(v2.served(), 0);
+
+    let (v1, v2) = apps(10).await;
+    let h = waypoint_with(
+        10,
+        Config::default(),
+        routed(10, false, true, Default::default()),
+    )
+    .await;
+    let (status, body) = h.post("/", Bytes::from(vec![b'y'; 300])).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    assert_eq!(v1.bodies(), vec![300]);
+    eventually("the mirror gets a whole copy", || v2.bodies() == vec![300]).await;
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_and_http2_max_requests_in_action() {
+    let (v1, _v2) = apps(12).await;
+    let one_per_conn = pb::ConnectionPool {
+        max_requests_per_connection: 1,
+        http2_max_requests: 1,
+        ..Default::default()
+    };
+    let h = waypoint_with(
+        12,
+        Config::default(),
+        routed(12, false, false, one_per_conn),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(h.get("/", false).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        v1.conns.load(Ordering::Acquire),
+        5,
+        "a new connection per request"
+    );
+    // One request in flight fills `http2MaxRequests: 1`: the next overflows at once (503 UO), without waiting.
+    v1.delay_ms.store(1000, Ordering::Release);
+    let h = Arc::new(h);
+    let slow = tokio::spawn({
+        let h = h.clone();
+        async move { h.get("/", false).await }
+    });
+    eventually("the first request reaches the app", || {
+        v1.in_flight.load(Ordering::Acquire) == 1
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (status, body) = h.get("/", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.ends_with("reset reason: overflow"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "overflow answers at once"
+    );
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
 }

@@ -1,6 +1,8 @@
-//! The node agent, as a chained CNI plugin (`mesh-cni`): on `ADD` it records the pod for ztunnel, waits until
-//! ztunnel has opened the pod's listeners, then installs the redirection rules inside the pod's namespace; on `DEL`
-//! it removes them. Rules skip sockets carrying the mesh mark, so ztunnel's own traffic is never captured.
+//! The node agent, as a chained CNI plugin (`mesh-cni`): on `ADD` it records the pod for ztunnel and asks ztunnel
+//! to open the pod's listeners, then installs the redirection rules inside the pod's namespace; on `DEL` it removes
+//! them. If ztunnel answers with an error the pod is not enrolled; if ztunnel is not running at all, the rules are
+//! installed anyway and the pod's traffic waits until ztunnel starts and enrolls it from its record (fail closed,
+//! as Istio's CNI does). Rules skip sockets carrying the mesh mark, so ztunnel's own traffic is never captured.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;

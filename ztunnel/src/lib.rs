@@ -12,13 +12,12 @@ pub mod metrics;
 pub mod proxy;
 
 /// Shared with the waypoint; kept under their old names so ztunnel's modules read as before.
-pub use mesh_core::certs as identity;
-pub use mesh_core::workload::{state, xds};
-
 use std::sync::Arc;
 
 use mesh_core::ca::CertificateAuthority;
+use mesh_core::certs::{CertManager, Issuer};
 use mesh_core::drain::{Drain, DrainOutcome};
+use mesh_core::workload::{state, xds};
 use prometheus_client::registry::Registry;
 use tokio::net::UnixListener;
 
@@ -69,10 +68,11 @@ impl Ztunnel {
 
         let store = state::StateStore::default();
         let issuer = match (&cfg.control_plane, &cfg.dev_ca_dir) {
-            (Some(cp), _) => identity::Issuer::control_plane(cp.clone())?,
-            (None, Some(dir)) => identity::Issuer::Dev(Box::new(
-                CertificateAuthority::load_or_create(dir, &cfg.trust_domain)?,
-            )),
+            (Some(cp), _) => Issuer::control_plane(cp.clone())?,
+            (None, Some(dir)) => Issuer::Dev(Box::new(CertificateAuthority::load_or_create(
+                dir,
+                &cfg.trust_domain,
+            )?)),
             (None, None) => unreachable!("validated: devCaDir or controlPlane is set"),
         };
         if let Some(file) = cfg.local_state_file.clone() {
@@ -94,7 +94,7 @@ impl Ztunnel {
         let ctx = Arc::new(ProxyCtx {
             cfg: cfg.clone(),
             state: store,
-            certs: Arc::new(identity::CertManager::new(issuer, cfg.certificate_ttl)),
+            certs: Arc::new(CertManager::new(issuer, cfg.certificate_ttl)),
             metrics,
             drain: drain.watch(),
             conns: Default::default(),

@@ -24,10 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::identity::CertManager;
 use crate::metrics::Metrics;
-use crate::state::{Service, StateStore, Workload};
+use mesh_core::certs::CertManager;
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use mesh_core::workload::state::{Service, StateStore, Workload};
 
 /// What every connection of every pod shares.
 pub struct ProxyCtx {

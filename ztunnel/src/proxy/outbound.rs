@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::{relay, Ends, Pod, ProxyCtx};
-use crate::state::{Snapshot, TunnelProtocol, Upstream};
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use mesh_core::workload::state::{Snapshot, TunnelProtocol, Upstream};
 
 pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
