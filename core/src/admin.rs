@@ -129,3 +129,40 @@ pub async fn serve(listener: TcpListener, handler: Handler, drain: DrainWatch) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(h: &Handler, path: &str) -> StatusCode {
+        let (parts, ()) = http::Request::get(path)
+            .body(())
+            .expect("a valid request")
+            .into_parts();
+        h(&parts).0
+    }
+
+    #[tokio::test]
+    async fn readiness_turns_503_when_the_drain_starts() {
+        let drain = crate::drain::Drain::new();
+        let h = readiness_handler(drain.watch());
+        assert_eq!(get(&h, "/healthz/ready"), StatusCode::OK);
+        assert_eq!(get(&h, "/other"), StatusCode::NOT_FOUND);
+        let watch = drain.watch();
+        let draining = tokio::spawn(drain.drain(std::time::Duration::from_secs(1)));
+        watch.stopping().await;
+        assert_eq!(get(&h, "/healthz/ready"), StatusCode::SERVICE_UNAVAILABLE);
+        draining.await.expect("drain finishes");
+    }
+
+    #[test]
+    fn metrics_answer_on_both_paths() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::metrics::TcpMetrics::register(&mut registry);
+        let h = metrics_handler(Arc::new(registry));
+        for p in METRICS_PATHS {
+            assert_eq!(get(&h, p), StatusCode::OK, "{p}");
+        }
+        assert_eq!(get(&h, "/stats"), StatusCode::NOT_FOUND);
+    }
+}

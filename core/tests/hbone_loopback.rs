@@ -1,5 +1,6 @@
 //! HBONE client pool against the HBONE server on loopback (no root needed): echo with half-close,
-//! the per-connection stream cap, idle expiry, and drain (GOAWAY) letting open streams finish.
+//! the per-connection stream cap, idle expiry, drain (GOAWAY) letting open streams finish, new streams after a
+//! GOAWAY, and PING keepalive closing a connection whose peer went silent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,4 +185,164 @@ async fn drain_lets_open_streams_finish() {
     t.read_to_end(&mut rest).await.unwrap();
     drop(t);
     assert_eq!(drained.await.unwrap(), DrainOutcome::Clean);
+}
+
+/// Like [`server`], but each accepted connection gets a drain of its own (`goaway` sends GOAWAY on the
+/// connection with that index), and the listener keeps accepting.
+struct PerConnServer {
+    inner: Server,
+    drains: Arc<std::sync::Mutex<Vec<Option<Drain>>>>,
+}
+
+impl PerConnServer {
+    fn goaway(&self, i: usize) -> tokio::task::JoinHandle<DrainOutcome> {
+        let d = self.drains.lock().unwrap()[i]
+            .take()
+            .expect("not drained yet");
+        tokio::spawn(d.drain(Duration::from_secs(5)))
+    }
+}
+
+async fn per_conn_server() -> PerConnServer {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let id = Identity::new("cluster.local", "ns", "server");
+    let cert = ca.issue(&id, Duration::from_secs(600)).unwrap();
+    let client = ca
+        .issue(
+            &Identity::new("cluster.local", "ns", "client"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
+    let drains = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let d = drains.clone();
+    tokio::spawn(async move {
+        let metrics = HboneMetrics::default();
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let conn_drain = Drain::new();
+            let watch = conn_drain.watch();
+            d.lock().unwrap().push(Some(conn_drain));
+            let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
+            tokio::spawn(async move {
+                if let Some(tls) = accept_tls(&acceptor, tcp, peer, &metrics).await {
+                    serve_connection(tls, peer, &H2Settings::default(), Arc::new(Echo), watch)
+                        .await;
+                }
+            });
+        }
+    });
+    PerConnServer {
+        inner: Server { addr, id, client },
+        drains,
+    }
+}
+
+#[tokio::test]
+async fn after_goaway_new_streams_open_on_a_new_connection() {
+    let s = per_conn_server().await;
+    let p = pool(PoolSettings::default());
+    let mut old = open(&p, &s.inner).await;
+    assert_eq!(echo(&mut old, b"1").await, b"1");
+    let drained = s.goaway(0);
+    // Streams opened while the GOAWAY is on its way may still land on the old connection (the server's grace
+    // window); once it arrives, the next stream goes over a second connection. None may fail or hang.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut opened = Vec::new();
+    while s.drains.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second connection after GOAWAY"
+        );
+        let mut t = tokio::time::timeout(Duration::from_secs(2), open(&p, &s.inner))
+            .await
+            .expect("a new stream does not wait for the old connection to finish");
+        assert_eq!(echo(&mut t, b"2").await, b"2");
+        opened.push(t);
+    }
+    drop(opened);
+    // The stream that was open when the GOAWAY came still works, then its connection goes away.
+    assert_eq!(echo(&mut old, b"3").await, b"3");
+    old.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    old.read_to_end(&mut rest).await.unwrap();
+    drop(old);
+    assert_eq!(drained.await.unwrap(), DrainOutcome::Clean);
+    wait_for("the drained connection to leave the pool", || {
+        p.connections() == 1
+    })
+    .await;
+}
+
+/// A TCP relay that can go silent: while `paused`, nothing is forwarded either way (a peer that vanished
+/// without closing, as after a node failure).
+async fn relay(to: SocketAddr, paused: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let up = tokio::net::TcpStream::connect(to).await.unwrap();
+            let (dr, dw) = down.into_split();
+            let (ur, uw) = up.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(dr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(ur), Box::new(dw)),
+            ] {
+                let paused = paused.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if paused.load(std::sync::atomic::Ordering::Acquire) {
+                            continue; // dropped on the floor
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn keepalive_closes_a_connection_whose_peer_went_silent() {
+    let d = Drain::new();
+    let s = server(d.watch()).await;
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let via = relay(s.addr, paused.clone()).await;
+    let through_relay = Server {
+        addr: via,
+        id: s.id.clone(),
+        client: s.client.clone(),
+    };
+    let p = Pool::new(
+        PoolSettings::default(),
+        H2Settings {
+            keepalive_interval: Duration::from_millis(100),
+            keepalive_timeout: Duration::from_millis(200),
+            ..H2Settings::default()
+        },
+        Arc::new(|_addr| tokio::net::TcpSocket::new_v4()),
+        HboneMetrics::default(),
+    );
+    let mut t = open(&p, &through_relay).await;
+    assert_eq!(echo(&mut t, b"alive").await, b"alive");
+    // Answered PINGs keep an idle-looking connection (no data) open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.connections(), 1, "PINGs answered: the connection stays");
+    paused.store(true, std::sync::atomic::Ordering::Release);
+    wait_for("the unanswered PING to close the connection", || {
+        p.connections() == 0
+    })
+    .await;
 }

@@ -134,9 +134,24 @@ impl Pool {
         cert: &WorkloadCert,
         req: ConnectRequest,
     ) -> Result<H2Stream, HboneError> {
+        // A connection the server has sent GOAWAY on takes no new streams, and the pool learns of it only when
+        // a stream is refused: that connection leaves the pool and the stream is retried on another. Bounded,
+        // since a server that GOAWAYs every connection at once would otherwise be dialed forever.
+        let mut goaways = 0;
         loop {
             match self.checkout(&key, cert) {
-                Checkout::Ready(conn) => return self.open_stream(conn, key.dst_addr, req).await,
+                Checkout::Ready(conn) => {
+                    let state = conn.state.clone();
+                    match self.open_stream(conn, key.dst_addr, req.clone()).await {
+                        Err(HboneError::H2 { source, .. })
+                            if source.is_go_away() && goaways < 3 =>
+                        {
+                            state.alive.store(false, Ordering::Release);
+                            goaways += 1;
+                        }
+                        other => return other,
+                    }
+                }
                 Checkout::Wait(dial) => dial.await.map_err(|e| shared_error(&e, key.dst_addr))?,
             }
         }
