@@ -338,3 +338,178 @@ fn every_crd_is_watched_at_its_storage_version() {
         );
     }
 }
+
+/// One VirtualService in `prod`: valid with `hosts: [<host>]`, invalid (a weight over 100) when `host` is None.
+fn vs(name: &str, rv: u32, host: Option<&str>) -> serde_json::Value {
+    let (hosts, weight) = match host {
+        Some(h) => (h, 100),
+        None => ("web", 250),
+    };
+    serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "prod", "resourceVersion": rv.to_string()},
+        "spec": {"hosts": [hosts], "http": [{"route": [{"destination": {"host": "web"}, "weight": weight}]}]}})
+}
+
+/// What the scripted API server does with the next watch request on VirtualServices.
+enum Step {
+    Event(&'static str, serde_json::Value),
+    /// 410 Gone: the watcher must relist, and the relist answers with the second list.
+    Gone,
+}
+
+const VS_PATH: &str = "/apis/networking.istio.io/v1/virtualservices";
+
+/// Lists (VirtualServices: the first list, then after a 410 the second); each watch on VirtualServices waits for
+/// the test's next [`Step`]; every other watch stays open and silent.
+async fn scripted_api_server(
+    mut handle: Handle,
+    steps: tokio::sync::mpsc::Receiver<Step>,
+    first: serde_json::Value,
+    second: serde_json::Value,
+) {
+    let steps = Arc::new(tokio::sync::Mutex::new(steps));
+    let relisted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut open_watches = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let uri = req.uri().clone();
+        let watching = uri.query().unwrap_or_default().contains("watch=true");
+        match (uri.path(), watching) {
+            (VS_PATH, false) => {
+                let items = if relisted.load(std::sync::atomic::Ordering::Acquire) {
+                    &second
+                } else {
+                    &first
+                };
+                send.send_response(Response::new(Full::new(Bytes::from(list(
+                    "VirtualService",
+                    items.clone(),
+                )))));
+            }
+            (VS_PATH, true) => {
+                let (steps, relisted) = (steps.clone(), relisted.clone());
+                tokio::spawn(async move {
+                    let Some(step) = steps.lock().await.recv().await else {
+                        return;
+                    };
+                    let ev = match step {
+                        Step::Event(kind, object) => {
+                            serde_json::json!({"type": kind, "object": object})
+                        }
+                        Step::Gone => {
+                            relisted.store(true, std::sync::atomic::Ordering::Release);
+                            serde_json::json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status",
+                                "status": "Failure", "reason": "Expired", "code": 410,
+                                "message": "too old resource version"}})
+                        }
+                    };
+                    send.send_response(Response::new(Full::new(Bytes::from(format!("{ev}\n")))));
+                });
+            }
+            (_, true) => open_watches.push(send),
+            (path, false) => {
+                let kind = path.rsplit('/').next().unwrap_or_default();
+                send.send_response(Response::new(Full::new(Bytes::from(list(
+                    kind,
+                    serde_json::json!([]),
+                )))));
+            }
+        }
+    }
+}
+
+fn vs_hosts(set: &ConfigSet) -> Vec<(String, String)> {
+    set.virtual_services()
+        .map(|v| (v.metadata.name.clone(), v.spec.hosts.join(",")))
+        .collect()
+}
+
+#[tokio::test]
+async fn kubernetes_mode_lifecycle_modify_invalid_delete_and_relist() {
+    let (service, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+    let (steps, rx_steps) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(scripted_api_server(
+        handle,
+        rx_steps,
+        serde_json::json!([vs("orders", 1, Some("web"))]),
+        serde_json::json!([vs("after-relist", 9, Some("web"))]),
+    ));
+    let client = kube::Client::new(service, "default");
+    let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
+    tokio::spawn(mesh_control::kube::run(client, tx));
+    let pair = |n: &str, h: &str| vec![(n.to_string(), h.to_string())];
+
+    wait_for(&mut rx, "the initial list", |s| {
+        vs_hosts(s) == pair("orders", "web")
+    })
+    .await;
+
+    // A valid edit is applied.
+    steps
+        .send(Step::Event(
+            "MODIFIED",
+            vs("orders", 2, Some("web.prod.svc.cluster.local")),
+        ))
+        .await
+        .unwrap();
+    wait_for(&mut rx, "the edit", |s| {
+        vs_hosts(s) == pair("orders", "web.prod.svc.cluster.local")
+    })
+    .await;
+
+    // An invalid edit is rejected with its field, and the last good version keeps serving.
+    steps
+        .send(Step::Event("MODIFIED", vs("orders", 3, None)))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let (set, diags) = &*rx.borrow_and_update();
+            if diags.iter().any(|d| {
+                d.to_string()
+                    .contains("VirtualService prod/orders: spec.http[0].route[0].weight")
+            }) {
+                assert_eq!(
+                    vs_hosts(set),
+                    pair("orders", "web.prod.svc.cluster.local"),
+                    "last good kept"
+                );
+                break;
+            }
+        }
+        tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .expect("the rejection")
+            .unwrap();
+    }
+
+    // A delete removes it, even though its latest version was invalid.
+    steps
+        .send(Step::Event("DELETED", vs("orders", 4, None)))
+        .await
+        .unwrap();
+    wait_for(&mut rx, "the delete", |s| s.virtual_services().count() == 0).await;
+    steps
+        .send(Step::Event("ADDED", vs("before-relist", 5, Some("web"))))
+        .await
+        .unwrap();
+    wait_for(&mut rx, "the add", |s| {
+        vs_hosts(s) == pair("before-relist", "web")
+    })
+    .await;
+
+    // 410 Gone: the watcher relists, and the relist replaces everything of that kind.
+    steps.send(Step::Gone).await.unwrap();
+    wait_for(&mut rx, "the relist", |s| {
+        vs_hosts(s) == pair("after-relist", "web")
+    })
+    .await;
+    assert!(
+        rx.borrow()
+            .1
+            .iter()
+            .all(|d| !d.to_string().contains("orders")),
+        "no stale diagnostics"
+    );
+}

@@ -522,3 +522,48 @@ async fn max_requests_per_connection_and_http2_max_requests_in_action() {
     );
     assert_eq!(slow.await.unwrap().0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_host_and_returns_it() {
+    let (v1, v2) = apps(14).await;
+    let mut svc = seed(14);
+    // One route over both versions (no subset), so the balancer chooses between the two hosts.
+    svc.routes = vec![pb::HttpRoute {
+        name: "all".into(),
+        destinations: vec![dest("", 100)],
+        ..Default::default()
+    }];
+    svc.policy = Some(pb::TrafficPolicy {
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_5xx_errors: 2,
+            interval_ms: 100,
+            base_ejection_time_ms: 300,
+            max_ejection_percent: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let h = waypoint_with(14, Config::default(), svc).await;
+    v1.fail.store(-1, Ordering::Release);
+    // Round robin: v1 fails twice in the first four requests, then it is ejected.
+    let mut failures = 0;
+    for _ in 0..4 {
+        failures += usize::from(h.get("/", false).await.0 == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(failures, 2, "v1 answered 503 twice before ejection");
+    let v1_before = v1.served();
+    for _ in 0..20 {
+        assert_eq!(h.get("/", false).await, (StatusCode::OK, "v2".into()));
+    }
+    assert_eq!(v1.served(), v1_before, "an ejected host gets no requests");
+    // Healthy again and past its ejection time: v1 is back in rotation.
+    v1.fail.store(0, Ordering::Release);
+    let served = v1.served();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while v1.served() == served {
+        assert!(tokio::time::Instant::now() < deadline, "v1 never returned");
+        assert_eq!(h.get("/", false).await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(v2.served() > 20);
+}
