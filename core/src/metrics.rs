@@ -76,10 +76,16 @@ pub struct HandshakeLabels {
     pub reason: HandshakeFailure,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
 /// Metrics of the HBONE layer, shared by every process that speaks it.
 #[derive(Clone, Default)]
 pub struct HboneMetrics {
     pub handshake_failures: Family<HandshakeLabels, Counter>,
+    pub connections_opened: Family<DirectionLabels, Counter>,
 }
 
 impl HboneMetrics {
@@ -90,7 +96,18 @@ impl HboneMetrics {
             "mTLS handshakes that failed, by direction and reason",
             m.handshake_failures.clone(),
         );
+        registry.register(
+            "mesh_hbone_connections_opened",
+            "HBONE connections (mTLS handshakes completed), by direction",
+            m.connections_opened.clone(),
+        );
         m
+    }
+
+    pub fn connection_opened(&self, direction: Direction) {
+        self.connections_opened
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
     }
 
     pub fn handshake_failed(&self, direction: Direction, err: &std::io::Error) -> HandshakeFailure {

@@ -346,3 +346,47 @@ async fn keepalive_closes_a_connection_whose_peer_went_silent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_opens_a_new_connection_and_the_old_one_ages_out() {
+    let d = Drain::new();
+    let s = server(d.watch()).await;
+    let p = pool(PoolSettings {
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let mut old = open(&p, &s).await;
+    assert_eq!(echo(&mut old, b"1").await, b"1");
+    // Same identity, new certificate (a renewal): a new stream does not ride the connection the old one opened.
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let renewed = Server {
+        addr: s.addr,
+        id: s.id.clone(),
+        client: ca
+            .issue(s.client.identity(), Duration::from_secs(600))
+            .unwrap(),
+    };
+    // The server trusts only its own CA, so the renewed certificate (another root) is refused: proof that the
+    // stream needed a fresh handshake rather than the pooled connection.
+    let key = PoolKey {
+        src: renewed.client.identity().clone(),
+        dst: renewed.id.clone(),
+        dst_addr: renewed.addr,
+    };
+    let req = ConnectRequest {
+        authority: "198.18.0.1:80".parse().unwrap(),
+        forwarded_for: "198.18.0.2:1000".parse().unwrap(),
+        baggage: None,
+        traceparent: None,
+    };
+    assert!(
+        p.connect(key, &renewed.client, req).await.is_err(),
+        "a new certificate means a new handshake"
+    );
+    // The original certificate still reuses its connection, which ages out once idle.
+    let mut again = open(&p, &s).await;
+    assert_eq!(echo(&mut again, b"2").await, b"2");
+    assert_eq!(p.connections(), 1);
+    drop((old, again));
+    wait_for("the idle connection to expire", || p.connections() == 0).await;
+}

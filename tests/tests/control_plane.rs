@@ -337,7 +337,16 @@ fn root_rotation_under_traffic_drops_nothing() {
         format!("{plugin_b}trustedRoots: [{}]\n", root_a.display()),
         plugin_b.clone(),
     ];
+    let handshakes = |c: &Cluster| {
+        metric(
+            &c.metrics(1).unwrap(),
+            "mesh_hbone_connections_opened_total",
+            &["direction=\"inbound\""],
+        )
+    };
+    let a_client = a_signed_client(&c, &b_dir);
     for (i, extra) in phases.iter().enumerate() {
+        let before = handshakes(&c);
         std::fs::write(c.dir.join("control.yaml"), format!("{base}{extra}")).unwrap();
         c.kill_control().unwrap();
         c.start_control().unwrap();
@@ -356,7 +365,37 @@ fn root_rotation_under_traffic_drops_nothing() {
             },
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", c.control_log()));
+        // New connections handshake under this phase's certificates: a renewed certificate never rides a
+        // connection the old one opened, so the server's ztunnel sees fresh mTLS handshakes.
+        poll(
+            &format!("phase {} handshakes", i + 1),
+            Duration::from_secs(20),
+            || (handshakes(&c) > before).then_some(()),
+        )
+        .unwrap();
+        if i == 1 {
+            // Both roots trusted: a certificate of the old root A is still admitted (the control for below).
+            assert!(
+                hbone_from_client(&c, &a_client).is_ok(),
+                "A still trusted in phase 2"
+            );
+        }
     }
+    // A retired: the server's ztunnel refuses a certificate of A, and says why.
+    let refused = hbone_from_client(&c, &a_client);
+    assert!(
+        refused.is_err(),
+        "a certificate of the retired root is refused"
+    );
+    poll("untrusted_issuer counted", Duration::from_secs(5), || {
+        (metric(
+            &c.metrics(1).unwrap(),
+            "mesh_tls_handshake_failures_total",
+            &["direction=\"inbound\"", "reason=\"untrusted_issuer\""],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Release);
     let (ok, failed) = traffic.join().unwrap();
     assert!(
@@ -376,4 +415,64 @@ fn root_rotation_under_traffic_drops_nothing() {
         pem(&b_root),
         "clients now bootstrap from B alone"
     );
+}
+
+/// A certificate for the client's identity signed by the original root A (the control plane's generated CA), that
+/// itself trusts B, so any refusal comes from the server's side.
+fn a_signed_client(c: &Cluster, b_dir: &std::path::Path) -> mesh_core::tls::WorkloadCert {
+    let a =
+        mesh_core::ca::CertificateAuthority::load_or_create(&c.ca_dir(), "cluster.local").unwrap();
+    let b = mesh_core::ca::CertificateAuthority::load_or_create(b_dir, "cluster.local").unwrap();
+    let leaf = a
+        .issue(
+            &Identity::new("cluster.local", "default", "client"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    mesh_core::tls::WorkloadCert::new(
+        leaf.identity().clone(),
+        leaf.chain().to_vec(),
+        leaf.key().clone_key(),
+        [a.roots(), b.roots()].concat(),
+        leaf.not_after(),
+    )
+}
+
+/// One HBONE CONNECT from the client pod (a marked socket, so not redirected) to the server's 15008, echoing.
+fn hbone_from_client(c: &Cluster, cert: &mesh_core::tls::WorkloadCert) -> anyhow::Result<()> {
+    use mesh_core::hbone::{ConnectRequest, H2Settings, Pool, PoolKey, PoolSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ns = std::sync::Arc::new(NetNs::named(&c.pod("client").netns)?);
+    let server = c.pod("server").ip;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pool = Pool::new(
+            PoolSettings::default(),
+            H2Settings::default(),
+            std::sync::Arc::new(move |addr| {
+                ns.run(|| mesh_core::socket::marked_tcp_socket(addr))?
+            }),
+            mesh_core::metrics::HboneMetrics::default(),
+        );
+        let key = PoolKey {
+            src: cert.identity().clone(),
+            dst: Identity::new("cluster.local", "default", "server"),
+            dst_addr: SocketAddr::new(server, 15008),
+        };
+        let req = ConnectRequest {
+            authority: SocketAddr::new(server, 8080),
+            forwarded_for: SocketAddr::new(c.pod("client").ip, 1234),
+            baggage: None,
+            traceparent: None,
+        };
+        let mut t = pool.connect(key, cert, req).await?;
+        t.write_all(b"root").await?;
+        t.shutdown().await?;
+        let mut out = Vec::new();
+        t.read_to_end(&mut out).await?;
+        anyhow::ensure!(out == b"root", "echo: {out:?}");
+        Ok(())
+    })
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpSocket;
 
 use super::{H2Settings, H2Stream, HboneError};
@@ -85,6 +85,10 @@ struct Slot {
 struct Conn {
     send: SendRequest<Bytes>,
     state: Arc<ConnState>,
+    /// The leaf certificate this connection authenticated with. New streams use it only while that is still the
+    /// caller's certificate: after a renewal (onto a new root, too) they handshake afresh, so the new certificate
+    /// and root are what the peer sees, and connections made under a retired root age out with their streams.
+    leaf: CertificateDer<'static>,
 }
 
 struct ConnState {
@@ -172,10 +176,11 @@ impl Pool {
         let mut slots = self.inner.slots.lock().expect("pool lock poisoned");
         let slot = slots.entry(key.clone()).or_default();
         slot.conns.retain(|c| c.state.alive.load(Ordering::Acquire));
+        let leaf = cert.chain().first();
         if let Some(c) = slot
             .conns
             .iter()
-            .find(|c| c.state.active.load(Ordering::Acquire) < max)
+            .find(|c| Some(&c.leaf) == leaf && c.state.active.load(Ordering::Acquire) < max)
         {
             c.state.active.fetch_add(1, Ordering::AcqRel);
             return Checkout::Ready(c.clone());
@@ -260,7 +265,16 @@ impl Pool {
             }
             st.alive.store(false, Ordering::Release);
         });
-        Ok(Conn { send, state })
+        self.inner.metrics.connection_opened(Direction::outbound);
+        let leaf = cert
+            .chain()
+            .first()
+            .cloned()
+            .ok_or_else(|| HboneError::Handshake {
+                addr,
+                source: std::io::Error::other("the workload certificate has no leaf"),
+            })?;
+        Ok(Conn { send, state, leaf })
     }
 
     async fn open_stream(

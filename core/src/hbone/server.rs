@@ -74,7 +74,10 @@ pub async fn accept_tls(
     metrics: &HboneMetrics,
 ) -> Option<TlsStream<TcpStream>> {
     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => {
+            metrics.connection_opened(Direction::inbound);
+            Some(tls)
+        }
         Ok(Err(e)) => {
             let reason = metrics.handshake_failed(Direction::inbound, &e);
             tracing::warn!(%peer, ?reason, error = %e, "HBONE TLS handshake failed");
