@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Pod, ProxyCtx};
+use crate::proxy::{Pod, PodNetwork, ProxyCtx};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,18 +104,16 @@ impl Pods {
     }
 
     fn start(&self, rec: &PodRecord) -> Result<Arc<Pod>, EnrollError> {
-        let netns = Arc::new(
-            NetNs::open(&rec.netns).map_err(|source| EnrollError::Netns {
-                uid: rec.uid.clone(),
-                netns: rec.netns.display().to_string(),
-                source,
-            })?,
-        );
-        let ns_for_pool = netns.clone();
+        let netns = NetNs::open(&rec.netns).map_err(|source| EnrollError::Netns {
+            uid: rec.uid.clone(),
+            netns: rec.netns.display().to_string(),
+            source,
+        })?;
+        let network = Arc::new(PodNetwork::Namespace(Arc::new(netns)));
         let pool = Pool::new(
             self.ctx.cfg.pool.clone(),
             self.ctx.cfg.h2.clone(),
-            Arc::new(move |addr| ns_for_pool.run(|| mesh_core::socket::marked_tcp_socket(addr))?),
+            network.sockets(),
             self.ctx.metrics.hbone.clone(),
         );
         let pod = Arc::new(Pod {
@@ -123,7 +121,7 @@ impl Pods {
             name: rec.name.clone(),
             namespace: rec.namespace.clone(),
             ips: rec.ips.clone(),
-            netns,
+            network,
             pool,
             stop: CancellationToken::new(),
         });

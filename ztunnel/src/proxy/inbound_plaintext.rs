@@ -14,7 +14,8 @@ use super::{authz, pipe_until, Ends, Pod, ProxyCtx};
 use crate::metrics::Transport;
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
-pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+/// A connection accepted on 15006: its destination is the original destination of the redirect.
+pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
         Ok(d) => d,
         Err(e) => {
@@ -22,6 +23,17 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             return;
         }
     };
+    accept(ctx, pod, client, peer, dst).await
+}
+
+/// Admits plaintext from `peer` to the pod's app at `dst` unless policy refuses it.
+pub async fn accept(
+    ctx: Arc<ProxyCtx>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
     if pod.is_own_port(&dst) || !pod.ips.contains(&dst.ip()) {
         tracing::warn!(pod = %pod.name, %peer, %dst, "plaintext inbound not addressed to this pod's app; closing");
         return;

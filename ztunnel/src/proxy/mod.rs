@@ -1,4 +1,5 @@
-//! The data path of one enrolled pod: three listeners opened inside the pod's network namespace.
+//! The data path of one enrolled pod: three listeners opened inside the pod's network namespace (or, for a pod
+//! that shares ztunnel's own network, on the pod's address: see [`PodNetwork`]).
 //!
 //! - `15001` [`outbound`]: the pod's own outgoing TCP, redirected by iptables; carried over HBONE.
 //! - `15008` [`inbound`]: HBONE from other ztunnels, terminated and connected to the app.
@@ -40,23 +41,78 @@ pub struct ProxyCtx {
     pub conns: authz::Connections,
 }
 
+/// Where a pod's sockets live.
+pub enum PodNetwork {
+    /// In-pod mode: inside the pod's own network namespace, marked so the pod's redirection rules skip them.
+    Namespace(Arc<NetNs>),
+    /// In ztunnel's own network, unmarked, with listeners on the pod's address: a pod that shares the node's
+    /// network (no redirection), and the data-path tests on loopback, which need no root.
+    Local,
+}
+
+impl PodNetwork {
+    /// A TCP socket the pod's traffic leaves from.
+    pub fn socket(&self, addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+        match self {
+            Self::Namespace(ns) => ns.run(|| mesh_core::socket::marked_tcp_socket(addr))?,
+            Self::Local => {
+                let s = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                s.set_nodelay(true)?;
+                Ok(s)
+            }
+        }
+    }
+
+    /// The pod's HBONE pool's socket factory.
+    pub fn sockets(self: &Arc<Self>) -> mesh_core::hbone::SocketFactory {
+        let net = self.clone();
+        Arc::new(move |addr| net.socket(addr))
+    }
+
+    /// The three listeners: on every address inside the pod's namespace, or on the pod's own address.
+    fn listeners(&self, ip: IpAddr) -> io::Result<[std::net::TcpListener; 3]> {
+        let ports = [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT];
+        match self {
+            Self::Namespace(ns) => ns.run(|| -> io::Result<_> {
+                let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+                Ok([
+                    mesh_core::socket::marked_listener(any(ports[0]), true)?,
+                    mesh_core::socket::marked_listener(any(ports[1]), true)?,
+                    mesh_core::socket::marked_listener(any(ports[2]), false)?,
+                ])
+            })?,
+            Self::Local => {
+                let bind = |port| -> io::Result<std::net::TcpListener> {
+                    let l = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                };
+                Ok([bind(ports[0])?, bind(ports[1])?, bind(ports[2])?])
+            }
+        }
+    }
+}
+
 /// An enrolled pod and the listeners ztunnel runs for it.
 pub struct Pod {
     pub uid: String,
     pub name: String,
     pub namespace: String,
     pub ips: Vec<IpAddr>,
-    pub netns: Arc<NetNs>,
+    pub network: Arc<PodNetwork>,
     pub pool: Pool,
     /// Cancelled when the pod is removed: its listeners close, its connections finish.
     pub stop: CancellationToken,
 }
 
 impl Pod {
-    /// A marked TCP socket created inside the pod's namespace, so traffic leaves from the pod's own address.
+    /// A socket the pod's traffic leaves from (its own address).
     pub fn socket(&self, addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
-        self.netns
-            .run(|| mesh_core::socket::marked_tcp_socket(addr))?
+        self.network.socket(addr)
     }
 
     pub async fn connect(
@@ -81,16 +137,13 @@ impl Pod {
     }
 }
 
-/// Opens the pod's three listeners inside its namespace and serves them until the pod or ztunnel stops.
+/// Opens the pod's three listeners and serves them until the pod or ztunnel stops.
 pub fn start(ctx: Arc<ProxyCtx>, pod: Arc<Pod>) -> io::Result<()> {
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-    let (out, inb, hbone) = pod.netns.run(|| -> io::Result<_> {
-        Ok((
-            mesh_core::socket::marked_listener(any(OUTBOUND_PORT), true)?,
-            mesh_core::socket::marked_listener(any(INBOUND_PLAINTEXT_PORT), true)?,
-            mesh_core::socket::marked_listener(any(HBONE_PORT), false)?,
-        ))
-    })??;
+    let ip =
+        pod.ips.first().copied().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a pod without an address")
+        })?;
+    let [out, inb, hbone] = pod.network.listeners(ip)?;
     let out = TcpListener::from_std(out)?;
     let inb = TcpListener::from_std(inb)?;
     let hbone = TcpListener::from_std(hbone)?;

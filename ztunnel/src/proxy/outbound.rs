@@ -11,7 +11,8 @@ use super::{relay, Ends, Pod, ProxyCtx};
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 use mesh_core::workload::state::{Snapshot, TunnelProtocol, Upstream};
 
-pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+/// A connection accepted on 15001: where it was going is the original destination of the redirect.
+pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, client: TcpStream, peer: SocketAddr) {
     let dst = match mesh_core::socket::original_dst(&client) {
         Ok(d) => d,
         Err(e) => {
@@ -19,6 +20,18 @@ pub async fn handle(ctx: Arc<ProxyCtx>, pod: Arc<Pod>, mut client: TcpStream, pe
             return;
         }
     };
+    forward(ctx, pod, client, peer, dst).await
+}
+
+/// Carries the pod's connection from `peer` to `dst`: over HBONE to a mesh workload (or its service's
+/// waypoint), as plain TCP to anything else.
+pub async fn forward(
+    ctx: Arc<ProxyCtx>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
     if pod.is_own_port(&dst) {
         tracing::warn!(pod = %pod.name, %peer, %dst, "connection to ztunnel's own port refused (loop)");
         return;
