@@ -17,7 +17,7 @@ use crate::downstream::Downstream;
 use crate::reply::{full, Forwarded, LocalReply};
 use crate::routes::{Destination, Limits, Policy, RetryPolicy};
 use crate::upstream::h1::{Checkout, PoolError};
-use crate::upstream::{dial, Body, BoxError, ConnectError};
+use crate::upstream::{Body, BoxError, ConnectError};
 use crate::Ctx;
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
@@ -265,7 +265,9 @@ async fn send_once(
         let mut send = match cluster.h2.get(w.ip) {
             Some(s) => s,
             None => {
-                let io = dial(ctx, down, w, port, limits.connect_timeout)
+                let io = ctx
+                    .dialer()
+                    .dial(down.client_addr, w, port, limits.connect_timeout)
                     .await
                     .map_err(|e| AttemptError::Connect(Box::new(e.into())))?;
                 cluster
@@ -282,7 +284,9 @@ async fn send_once(
     let mut conn = match cluster.h1.checkout(w.ip, limits).await {
         Ok(Checkout::Ready(c)) => c,
         Ok(Checkout::Dial(slot)) => {
-            let io = dial(ctx, down, w, port, limits.connect_timeout)
+            let io = ctx
+                .dialer()
+                .dial(down.client_addr, w, port, limits.connect_timeout)
                 .await
                 .map_err(|e| AttemptError::Connect(Box::new(e.into())))?;
             cluster
@@ -386,7 +390,11 @@ pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream
     let target = Snapshot::target_port(&down.service, &w, down.port).unwrap_or(down.port);
     let labels = |flags| tcp_labels(ctx, down, &w, &dest.service, flags);
     let m = &ctx.metrics.tcp;
-    match dial(ctx, down, &w, target, limits.connect_timeout).await {
+    match ctx
+        .dialer()
+        .dial(down.client_addr, &w, target, limits.connect_timeout)
+        .await
+    {
         Ok(mut up) => {
             cluster.record(w.ip, Outcome::Status(200), endpoints.len());
             let l = labels(ResponseFlags::None);

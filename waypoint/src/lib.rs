@@ -57,6 +57,19 @@ pub struct Ctx {
     pub drain: DrainWatch,
 }
 
+impl Ctx {
+    /// Opens upstream connections as this waypoint.
+    pub fn dialer(&self) -> upstream::Dialer<'_> {
+        upstream::Dialer {
+            identity: &self.identity,
+            trust_domain: &self.cfg.trust_domain,
+            certs: &self.certs,
+            pool: &self.pool,
+            connect_timeout: self.cfg.pool.connect_timeout,
+        }
+    }
+}
+
 /// How the waypoint introduces itself over xDS (Istio's node id shape for a waypoint).
 fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
     mesh_proto::envoy::config::core::v3::Node {

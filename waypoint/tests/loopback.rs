@@ -567,3 +567,36 @@ async fn outlier_detection_ejects_a_failing_host_and_returns_it() {
     }
     assert!(v2.served() > 20);
 }
+
+#[tokio::test]
+async fn idle_timeout_retires_pooled_upstream_connections() {
+    let (v1, _v2) = apps(16).await;
+    let idle = pb::ConnectionPool {
+        idle_timeout_ms: 200,
+        ..Default::default()
+    };
+    let h = waypoint_with(16, Config::default(), routed(16, false, false, idle)).await;
+    let (v1b, _v2b) = apps(18).await;
+    let kept = waypoint_with(
+        18,
+        Config::default(),
+        routed(18, false, false, Default::default()),
+    )
+    .await;
+    for h in [&h, &kept] {
+        assert_eq!(h.get("/", false).await.0, StatusCode::OK);
+        // Longer than the idle timeout, with the first connection back in the pool.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(h.get("/", false).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        v1.conns.load(Ordering::Acquire),
+        2,
+        "idle past idleTimeout: a new connection"
+    );
+    assert_eq!(
+        v1b.conns.load(Ordering::Acquire),
+        1,
+        "without idleTimeout the connection is reused"
+    );
+}

@@ -260,3 +260,64 @@ async fn l4_policy_at_the_destination_refuses_with_401_and_counts() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_destination_missing_from_state_is_not_admitted() {
+    let n = node(50).await;
+    let server = SocketAddr::new([127, 0, 0, 51].into(), 8080);
+    assert_eq!(n.call(server, b"known").await.unwrap(), b"known");
+    // The server pod is still enrolled, but the state no longer knows its workload (deleted, or not yet
+    // pushed): ztunnel has no identity to answer as, so it closes the tunnel rather than guess.
+    let only_client = state_file(50)
+        .lines()
+        .filter(|l| !l.contains("name: server"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    n.ctx.state.store(
+        Snapshot::build(mesh_primitives::yaml::from_str::<LocalState>(&only_client).unwrap())
+            .unwrap(),
+    );
+    // The client's ztunnel now sees a destination outside the mesh and sends plain TCP to the app, which is
+    // not ztunnel's to refuse. A tunnel made with the old view (a stale peer) is refused by the destination's
+    // ztunnel, even over the HBONE connection the first call left in the pool.
+    assert_eq!(n.call(server, b"plain").await.unwrap(), b"plain");
+    let tunnel = hbone_to(&n, server).await;
+    assert!(
+        tunnel.is_err(),
+        "a tunnel to an unknown workload is refused"
+    );
+    assert_eq!(
+        n.metric(
+            "mesh_authorization_denied_connections_total",
+            &["reason=\"unknown_destination\"", "transport=\"hbone\""]
+        ),
+        1.0
+    );
+}
+
+/// A CONNECT to `dst` over HBONE as the client, addressed to the server's identity (what a peer with a stale
+/// view of the destination would send).
+async fn hbone_to(
+    n: &Node,
+    dst: SocketAddr,
+) -> Result<mesh_core::hbone::H2Stream, mesh_core::hbone::HboneError> {
+    let id = mesh_primitives::identity::Identity::new("cluster.local", "default", "client");
+    let (cert, _) = n.ctx.certs.fetch(&id).await.expect("a certificate");
+    let key = mesh_core::hbone::PoolKey {
+        src: id,
+        dst: mesh_primitives::identity::Identity::new("cluster.local", "default", "server"),
+        dst_addr: SocketAddr::new(dst.ip(), mesh_core::HBONE_PORT),
+    };
+    let req = mesh_core::hbone::ConnectRequest {
+        authority: dst,
+        forwarded_for: SocketAddr::new(n.client.ips[0], 1),
+        baggage: None,
+        traceparent: None,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        n.client.pool.connect(key, &cert, req),
+    )
+    .await
+    .expect("refused promptly, not hung")
+}

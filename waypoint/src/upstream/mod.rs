@@ -1,19 +1,16 @@
-//! Upstream connections: how the waypoint reaches an endpoint ([`dial`]: HBONE as its own identity, or plain TCP
-//! to a workload outside the mesh), and the connections each cluster keeps ([`h1::H1Pool`], [`h2::H2Conns`]).
+//! Upstream connections: how the waypoint reaches an endpoint ([`Dialer`]: HBONE as its own identity, or plain
+//! TCP to a workload outside the mesh), and the connections each cluster keeps ([`h1::H1Pool`], [`h2::H2Conns`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use mesh_core::certs::CertError;
-use mesh_core::hbone::{new_traceparent, ConnectRequest, HboneError, PoolKey};
+use mesh_core::certs::{CertError, CertManager};
+use mesh_core::hbone::{new_traceparent, ConnectRequest, HboneError, Pool, PoolKey};
 use mesh_core::workload::state::{TunnelProtocol, Workload};
 use mesh_primitives::identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-use crate::downstream::Downstream;
-use crate::Ctx;
 
 pub mod h1;
 pub mod h2;
@@ -38,50 +35,63 @@ pub enum DialError {
     Timeout(SocketAddr, Duration),
 }
 
-/// Opens a byte stream to `w:port`: HBONE as the waypoint's identity when `w` is in the mesh, else TCP.
-pub async fn dial(
-    ctx: &Ctx,
-    down: &Downstream,
-    w: &Workload,
-    port: u16,
-    connect_timeout: Option<Duration>,
-) -> Result<Box<dyn Io>, DialError> {
-    let limit = connect_timeout.unwrap_or(ctx.cfg.pool.connect_timeout);
-    let addr = SocketAddr::new(w.ip, port);
-    let dialed = async {
-        if w.protocol == TunnelProtocol::None {
-            let s = tokio::net::TcpStream::connect(addr)
+/// What opening an upstream connection needs: the waypoint's identity, its certificates and HBONE pool.
+pub struct Dialer<'a> {
+    pub identity: &'a Identity,
+    pub trust_domain: &'a str,
+    pub certs: &'a CertManager,
+    pub pool: &'a Pool,
+    /// When the destination's policy sets no `connectTimeout`.
+    pub connect_timeout: Duration,
+}
+
+impl Dialer<'_> {
+    /// Opens a byte stream to `w:port` for a request from `client`: HBONE as the waypoint's identity when `w` is
+    /// in the mesh (the client's address travels in `Forwarded`), else plain TCP.
+    pub async fn dial(
+        &self,
+        client: SocketAddr,
+        w: &Workload,
+        port: u16,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Box<dyn Io>, DialError> {
+        let limit = connect_timeout.unwrap_or(self.connect_timeout);
+        let addr = SocketAddr::new(w.ip, port);
+        let dialed = async {
+            if w.protocol == TunnelProtocol::None {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| DialError::Tcp(addr, e))?;
+                let _ = s.set_nodelay(true);
+                return Ok(Box::new(s) as Box<dyn Io>);
+            }
+            let (cert, _) = self
+                .certs
+                .fetch(self.identity)
                 .await
-                .map_err(|e| DialError::Tcp(addr, e))?;
-            let _ = s.set_nodelay(true);
-            return Ok(Box::new(s) as Box<dyn Io>);
-        }
-        let (cert, _) = ctx
-            .certs
-            .fetch(&ctx.identity)
-            .await
-            .map_err(|e| DialError::Certificate(ctx.identity.clone(), e))?;
-        let key = PoolKey {
-            src: ctx.identity.clone(),
-            dst: w.identity(&ctx.cfg.trust_domain),
-            dst_addr: SocketAddr::new(w.ip, mesh_core::HBONE_PORT),
+                .map_err(|e| DialError::Certificate(self.identity.clone(), e))?;
+            let key = PoolKey {
+                src: self.identity.clone(),
+                dst: w.identity(self.trust_domain),
+                dst_addr: SocketAddr::new(w.ip, mesh_core::HBONE_PORT),
+            };
+            let req = ConnectRequest {
+                authority: addr,
+                forwarded_for: client,
+                baggage: None,
+                traceparent: Some(new_traceparent()),
+            };
+            let s = self
+                .pool
+                .connect(key, &cert, req)
+                .await
+                .map_err(|e| DialError::Tunnel(addr, e))?;
+            Ok(Box::new(s) as Box<dyn Io>)
         };
-        let req = ConnectRequest {
-            authority: addr,
-            forwarded_for: down.client_addr,
-            baggage: None,
-            traceparent: Some(new_traceparent()),
-        };
-        let s = ctx
-            .pool
-            .connect(key, &cert, req)
+        tokio::time::timeout(limit, dialed)
             .await
-            .map_err(|e| DialError::Tunnel(addr, e))?;
-        Ok(Box::new(s) as Box<dyn Io>)
-    };
-    tokio::time::timeout(limit, dialed)
-        .await
-        .map_err(|_| DialError::Timeout(addr, limit))?
+            .map_err(|_| DialError::Timeout(addr, limit))?
+    }
 }
 
 impl DialError {

@@ -38,10 +38,22 @@ impl Drop for Registered<'_> {
 }
 
 /// Checks a new connection; a denial is logged and counted with the deciding policy.
+/// A destination ztunnel's state does not know (deleted, or not yet pushed) is refused: no policy can be checked
+/// for it, and admitting it would let every policy fail open.
 pub fn admit(state: &StateStore, metrics: &Metrics, info: &ConnInfo, transport: Transport) -> bool {
     let snap = state.load();
     let Some(dst) = snap.workload(&info.dst_ip) else {
-        return true;
+        tracing::info!(dst = %info.dst_ip, src = %info.src_ip, "destination is not a known workload; refused");
+        metrics
+            .denied
+            .get_or_create(&DenyLabels {
+                policy: "-".into(),
+                reason: "unknown_destination",
+                transport,
+                established: false,
+            })
+            .inc();
+        return false;
     };
     match state.policies().check(dst, info) {
         Verdict::Allow => true,
@@ -90,6 +102,8 @@ impl Connections {
         let policies = state.policies();
         let mut closed = 0;
         for t in self.lock().values() {
+            // A destination missing from the state keeps its established connections: a state that briefly
+            // lacks a workload (a control plane restarting) must not reset them; new ones are refused (`admit`).
             let Some(dst) = snap.workload(&t.info.dst_ip) else {
                 continue;
             };
