@@ -165,6 +165,7 @@ def rust_env_names(source: Path) -> set[str]:
 # Where the code under test lives, found by content.
 CONTROL_CONFIG_RS = 'env_override("CONFIG_SOURCE"'
 ZTUNNEL_CONFIG_RS = 'env_override("ZTUNNEL_RUN_DIR"'
+CNI_INSTALL_RS = 'env = "MESH_CNI_CONF_DIR"'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,8 +305,10 @@ def test_env_vars_are_only_those_the_code_reads() -> None:
     ztunnel_reads = rust_env_names(rust_file_with(ZTUNNEL_CONFIG_RS)) | {"RUST_LOG"}
     assert {"CONFIG_SOURCE", "TRUST_DOMAIN", "ROOT_NAMESPACE", "CA_DIR"} <= control_reads
     assert {"NODE_NAME", "TRUST_DOMAIN", "ZTUNNEL_RUN_DIR"} <= ztunnel_reads
+    cni_reads = rust_env_names(rust_file_with(CNI_INSTALL_RS)) | {"RUST_LOG"}
+    assert {"MESH_CNI_BIN_DIR", "MESH_CNI_CONF_DIR", "ZTUNNEL_RUN_DIR"} <= cni_reads
     for which in VALUE_SETS:
-        for chart, reads in (("control", control_reads), ("ztunnel", ztunnel_reads)):
+        for chart, reads in (("control", control_reads), ("ztunnel", ztunnel_reads), ("cni", cni_reads)):
             for where, c in containers(render(chart, values_for(chart, which))):
                 unknown = set(env_of(c)) - reads
                 assert not unknown, f"{where} sets {unknown}, which the code never reads"

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cni;
+pub mod cni_install;
 pub mod config;
 pub mod inpod;
 pub mod metrics;
