@@ -5,12 +5,14 @@
 //! - [`server`]: the process: config watching (files or Kubernetes), snapshot publishing, gRPC with TLS,
 //!   monitoring.
 //! - [`xds`]: the delta ADS server; [`ca`]: the certificate authority's gRPC service and who may ask it for what;
-//!   [`token_review`]: Kubernetes-mode authentication of callers.
+//!   [`token_review`]: Kubernetes-mode authentication of callers; [`ca_secret`]: Kubernetes mode's one root for
+//!   all replicas, in a Secret.
 //! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model; [`deploy`]: each waypoint Gateway's
 //!   ServiceAccount, Deployment and Service, server-side applied.
 //! - [`config`]: the process's typed config.
 
 pub mod ca;
+pub mod ca_secret;
 pub mod config;
 pub mod deploy;
 pub mod kube;

@@ -26,6 +26,8 @@ use mesh_model::{self as model, ConfigSet, Diagnostic};
 pub enum StartError {
     #[error("CA: {0}")]
     Ca(#[from] mesh_core::ca::CaError),
+    #[error("CA: {0}")]
+    CaSecret(#[from] crate::ca_secret::CaSecretError),
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -68,14 +70,23 @@ fn read(path: &Path) -> Result<String, StartError> {
     })
 }
 
-fn load_ca(cfg: &Config) -> Result<CertificateAuthority, StartError> {
-    let mut ca = match &cfg.plugin_ca {
-        Some(p) => CertificateAuthority::from_pem(
+/// The CA: a plug-in CA's files when configured; else, in Kubernetes mode, the root every replica shares in the
+/// `istio-ca-secret` Secret; else (file mode) the root kept in `caDir`.
+async fn load_ca(
+    cfg: &Config,
+    kube_client: Option<&kube::Client>,
+) -> Result<CertificateAuthority, StartError> {
+    let mut ca = match (&cfg.plugin_ca, kube_client) {
+        (Some(p), _) => CertificateAuthority::from_pem(
             &cfg.trust_domain,
             &read(&p.cert_chain)?,
             &read(&p.key)?,
         )?,
-        None => CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?,
+        (None, Some(client)) => {
+            crate::ca_secret::load_or_create(client.clone(), &cfg.root_namespace, &cfg.trust_domain)
+                .await?
+        }
+        (None, None) => CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?,
     };
     for path in &cfg.trusted_roots {
         let added = ca.add_trusted_roots(&read(path)?);
@@ -126,7 +137,15 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let ca = Arc::new(load_ca(&cfg)?);
+    let kube_client = match cfg.config_source {
+        ConfigSource::Kubernetes => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(StartError::Kube)?,
+        ),
+        ConfigSource::Files => None,
+    };
+    let ca = Arc::new(load_ca(&cfg, kube_client.as_ref()).await?);
     // Clients bootstrap trust from this file (Kubernetes: the istio-ca-root-cert ConfigMap).
     std::fs::create_dir_all(&cfg.ca_dir).map_err(|source| StartError::Read {
         path: cfg.ca_dir.display().to_string(),
@@ -143,14 +162,6 @@ pub async fn run(
     let (cert_pem, key_pem) = ca.issue_serving(&id, CONTROL_DNS, cfg.certificate_ttl)?;
 
     let mut registry = Registry::default();
-    let kube_client = match cfg.config_source {
-        ConfigSource::Kubernetes => Some(
-            kube::Client::try_default()
-                .await
-                .map_err(StartError::Kube)?,
-        ),
-        ConfigSource::Files => None,
-    };
     let auth: Arc<dyn crate::ca::Authenticator> = match &kube_client {
         Some(c) => Arc::new(crate::token_review::TokenReviewAuthenticator::new(
             c.clone(),

@@ -125,6 +125,16 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
+    /// The CA's certificate and its parents, PEM: what [`CertificateAuthority::from_pem`] reads back.
+    pub fn cert_chain_pem(&self) -> String {
+        self.chain_pem.concat()
+    }
+
+    /// The CA's private key, PEM (for storing it where replicas share it).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// The trust anchors a peer of this CA's workloads needs: this CA's root, then any extra trusted roots.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots

@@ -180,7 +180,10 @@ def test_chart_renders_and_lints_clean(chart: str, which: str) -> None:
     if chart != "base":
         assert objects, f"{chart} rendered nothing"
     for o in objects:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] in ("Role", "RoleBinding"):
+            # The CA Secret's Role lives where the Secret is: the root namespace.
+            assert o["metadata"]["namespace"] == values.get("rootNamespace", NAMESPACE), o["metadata"]
+        elif o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert o["metadata"]["namespace"] == NAMESPACE, f"{o['kind']}/{o['metadata']['name']}"
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mesh"
     report = helm.lint(CHARTS / chart, values, strict=True, namespace=NAMESPACE)
@@ -204,7 +207,8 @@ def test_charts_are_versioned_as_asked() -> None:
 
 def test_control_defaults() -> None:
     objects = render("control")
-    assert kinds(objects) == {"ServiceAccount", "ConfigMap", "Deployment", "Service", "ClusterRole", "ClusterRoleBinding"}
+    assert kinds(objects) == {"ServiceAccount", "ConfigMap", "Deployment", "Service", "ClusterRole", "ClusterRoleBinding",
+                              "Role", "RoleBinding"}
     dep = one(objects, "Deployment", "control")
     assert dep["spec"]["replicas"] == 1
     pod = dep["spec"]["template"]
@@ -274,11 +278,27 @@ def test_control_pdb_follows_replicas_without_hpa() -> None:
     assert "HorizontalPodAutoscaler" not in kinds(objects)
 
 
-def test_control_refuses_several_replicas_with_per_pod_roots() -> None:
+def test_control_runs_several_replicas_on_one_root() -> None:
+    # Without a plug-in CA the replicas share the root in the istio-ca-secret Secret (control/src/ca_secret.rs),
+    # so several replicas and the HPA render without pluginCa, each able to read and create that Secret.
+    assert "pub const SECRET: &str = \"istio-ca-secret\"" in rust_file_with("pub const SECRET: &str").read_text()
     for values in ({"replicaCount": 3}, {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3,
                                                           "targetCPUUtilizationPercentage": 80}}):
-        with pytest.raises(helm.HelmError, match="pluginCa.enabled"):
-            render("control", values)
+        objects = render("control", values)
+        role = one(objects, "Role", "control")
+        assert role["metadata"]["namespace"] == "istio-system"
+        assert granted(role["rules"]) == {("", "secrets"): {"get", "create"}}
+        binding = one(objects, "RoleBinding", "control")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "control", "namespace": "istio-system"}]
+
+
+def test_role_matches_the_code() -> None:
+    """The Role is exactly the CA Secret's calls: get_opt (get) and create, nothing else on Secrets."""
+    code = rust_file_with("pub const SECRET: &str").read_text()
+    assert "Api<Secret>" in code and ".get_opt(SECRET)" in code and ".create(" in code
+    assert not re.search(r"\.(list|watch|replace|patch|delete)\(", code), "a Secret call the Role does not grant"
+    rules = yaml.safe_load((CHARTS / "control" / "files" / "role-rules.yaml").read_text())
+    assert granted(rules) == {("", "secrets"): {"get", "create"}}
 
 
 def test_control_config_file_has_only_fields_the_control_plane_knows() -> None:

@@ -30,14 +30,6 @@ app: control
 {{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end -}}
 {{- end }}
 
-{{/* More than one control plane at a time needs one shared CA: each replica would otherwise generate its own root. */}}
-{{- define "control.checkCa" -}}
-{{- $many := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
-{{- if and $many (not .Values.pluginCa.enabled) -}}
-{{- fail "control: replicaCount > 1 or autoscaling.enabled needs pluginCa.enabled=true (a shared CA in a Secret): without it every replica generates its own self-signed root and proxies certified by different replicas cannot talk to each other" -}}
-{{- end -}}
-{{- end }}
-
 {{- define "control.configFile" -}}
 waypointDeployment:
   image: {{ include "control.waypointImage" . | quote }}
