@@ -125,6 +125,12 @@ impl Deployer {
         Api::namespaced_with(self.client.clone(), ns, ar)
     }
 
+    /// After losing the Lease: what this replica applied is no longer its to track (the new leader re-applies,
+    /// server-side apply makes that a no-op when nothing changed).
+    pub fn forget(&mut self) {
+        self.applied.clear();
+    }
+
     /// Applies what changed and deletes what is gone; returns how many API calls it made.
     pub async fn reconcile(&mut self, set: &ConfigSet) -> Result<usize, kube::Error> {
         let mut calls = 0;

@@ -196,6 +196,18 @@ pub async fn run(
         rejected,
         version: 0,
     };
+    // Kubernetes mode: this replica's part in the writers' Lease, given up when the process stops.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let mut election_task = None;
+    let (leading_tx, leading) = watch::channel(false);
+    if let Some(client) = &kube_client {
+        let stop = stopping.clone();
+        election_task = Some(tokio::spawn(election(&cfg).run(
+            client.clone(),
+            leading_tx,
+            async move { stop.cancelled().await },
+        )));
+    }
     match kube_client {
         Some(client) => tokio::spawn(watch_kube(
             client,
@@ -204,6 +216,7 @@ pub async fn run(
                 trust_domain: cfg.trust_domain.clone(),
                 ..cfg.waypoint_deployment.clone()
             },
+            leading,
         )),
         None => tokio::spawn(watch_dir(cfg.clone(), publisher)),
     };
@@ -231,6 +244,11 @@ pub async fn run(
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .serve_with_shutdown(cfg.grpc_addr, shutdown)
         .await?;
+    stopping.cancel();
+    if let Some(task) = election_task {
+        // Giving the Lease up lets another replica take over at once instead of after it expires.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
     Ok(())
 }
 
@@ -340,21 +358,58 @@ async fn watch_dir(cfg: Config, mut publisher: Publisher) {
 }
 
 /// Kubernetes mode: watchers build the config; each new one is published.
+/// Kubernetes mode: every replica publishes what the watchers see; only the Lease holder writes.
 async fn watch_kube(
     client: kube::Client,
     mut publisher: Publisher,
     waypoints: crate::deploy::WaypointDeployment,
+    leading: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
     tokio::spawn(crate::kube::run(client.clone(), tx));
-    let mut deployer = crate::deploy::Deployer::new(client, waypoints);
+    tokio::spawn(run_writer(
+        rx.clone(),
+        leading,
+        crate::deploy::Deployer::new(client, waypoints),
+    ));
     while rx.changed().await.is_ok() {
         let observed = Instant::now();
         let (set, diagnostics) = rx.borrow_and_update().clone();
         publisher.publish(&set, &diagnostics, observed);
-        if let Err(e) = deployer.reconcile(&set).await {
-            tracing::error!(error = %e, "deploying waypoints failed; retried on the next change");
+    }
+}
+
+/// The API-server writes (the waypoint deployer), done while this replica holds the Lease. Gaining it applies the
+/// current config at once; losing it forgets what was applied, so the next leader owns the objects.
+pub async fn run_writer(
+    mut config: watch::Receiver<crate::kube::Latest>,
+    mut leading: watch::Receiver<bool>,
+    mut deployer: crate::deploy::Deployer,
+) {
+    loop {
+        if *leading.borrow_and_update() {
+            let (set, _) = config.borrow_and_update().clone();
+            if let Err(e) = deployer.reconcile(&set).await {
+                tracing::error!(error = %e, "deploying waypoints failed; retried on the next change");
+            }
+        } else {
+            deployer.forget();
         }
+        tokio::select! {
+            r = config.changed() => if r.is_err() { return },
+            r = leading.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// This replica in a Lease: its pod name (the `HOSTNAME` Kubernetes sets), else one made unique by the process id.
+fn election(cfg: &Config) -> crate::leader::Election {
+    crate::leader::Election {
+        namespace: cfg.root_namespace.clone(),
+        identity: std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("control-{}", std::process::id())),
+        lease_duration: std::time::Duration::from_secs(15),
+        renew_every: std::time::Duration::from_secs(5),
     }
 }
 

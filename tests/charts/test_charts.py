@@ -287,18 +287,25 @@ def test_control_runs_several_replicas_on_one_root() -> None:
         objects = render("control", values)
         role = one(objects, "Role", "control")
         assert role["metadata"]["namespace"] == "istio-system"
-        assert granted(role["rules"]) == {("", "secrets"): {"get", "create"}}
+        assert granted(role["rules"]) == ROLE
         binding = one(objects, "RoleBinding", "control")
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "control", "namespace": "istio-system"}]
 
 
+ROLE = {("", "secrets"): {"get", "create"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+
+
 def test_role_matches_the_code() -> None:
-    """The Role is exactly the CA Secret's calls: get_opt (get) and create, nothing else on Secrets."""
-    code = rust_file_with("pub const SECRET: &str").read_text()
-    assert "Api<Secret>" in code and ".get_opt(SECRET)" in code and ".create(" in code
-    assert not re.search(r"\.(list|watch|replace|patch|delete)\(", code), "a Secret call the Role does not grant"
+    """The Role is exactly the namespaced calls: the CA Secret's get_opt (get) and create; the Lease's get_opt,
+    create and replace (update); nothing else."""
+    secret = rust_file_with("pub const SECRET: &str").read_text()
+    assert "Api<Secret>" in secret and ".get_opt(SECRET)" in secret and ".create(" in secret
+    assert not re.search(r"\.(list|watch|replace|patch|delete)\(", secret), "a Secret call the Role does not grant"
+    lease = rust_file_with("pub const LEASE: &str").read_text()
+    assert "Api<Lease>" in lease and ".get_opt(LEASE)" in lease and ".create(" in lease and ".replace(" in lease
+    assert not re.search(r"\.(list|watch|patch|delete)\(", lease), "a Lease call the Role does not grant"
     rules = yaml.safe_load((CHARTS / "control" / "files" / "role-rules.yaml").read_text())
-    assert granted(rules) == {("", "secrets"): {"get", "create"}}
+    assert granted(rules) == ROLE
 
 
 def test_control_config_file_has_only_fields_the_control_plane_knows() -> None:
