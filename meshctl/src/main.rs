@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod check;
+mod inject;
 use mesh_model::{
     self as model, Kind, ObjectKey, Severity, LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR,
     WAYPOINT_CLASS,
@@ -12,14 +15,38 @@ use mesh_model::{
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(version, about = "Operate the mesh")]
+#[command(version = VERSION, about = "Operate the mesh")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// `meshctl <version> (commit <git commit>)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MESH_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Subcommand)]
 enum Command {
+    /// Print meshctl's version and the git commit it was built from.
+    Version,
+    /// Pre-flight on a node: kernel, iptables, the CNI config and bin directories, the mesh's ports free.
+    /// Exits 1 when a check fails, with what to do on its line.
+    Check {
+        /// The host's CNI network config directory.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+        /// The host's CNI plugin binary directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+    },
+    /// Add the ambient label (`istio.io/dataplane-mode: ambient`) to the Namespaces and pod templates of the
+    /// manifests on stdin, written to stdout: `kubectl get deploy -o yaml | meshctl inject | kubectl apply -f -`.
+    /// No sidecar is added: ambient needs none.
+    Inject,
     /// Validate a directory of Kubernetes/Istio YAML offline, as the control plane would, plus cross-object checks.
     /// Exits non-zero when anything is an error.
     Analyze {
@@ -85,11 +112,71 @@ impl WaypointFor {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Version => {
+            println!("meshctl {VERSION}");
+            ExitCode::SUCCESS
+        }
+        Command::Check {
+            cni_conf_dir,
+            cni_bin_dir,
+        } => run_check(&check::Node {
+            cni_conf_dir,
+            cni_bin_dir,
+        }),
+        Command::Inject => run_inject(),
         Command::Analyze { dir } => analyze(&dir),
         Command::Crds => crds(),
         Command::Waypoint {
             command: WaypointCommand::Apply(args),
         } => waypoint_apply(&args),
+    }
+}
+
+fn run_check(node: &check::Node) -> ExitCode {
+    let findings = check::run(node);
+    for f in &findings {
+        match &f.problem {
+            None => println!("ok    {:<12} {}", f.check, f.detail),
+            Some(p) => println!("FAIL  {:<12} {p}", f.check),
+        }
+    }
+    let failed = findings.iter().filter(|f| f.problem.is_some()).count();
+    if failed == 0 {
+        println!("all {} checks passed", findings.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} of {} checks failed", findings.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn run_inject() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+        eprintln!("error: reading stdin: {e}");
+        return ExitCode::from(2);
+    }
+    match inject::inject(&input) {
+        Ok((out, outcomes)) => {
+            for o in &outcomes {
+                match o {
+                    inject::Outcome::Labelled { what } => eprintln!(
+                        "{what}: labelled {}=ambient (comments of this document are not kept)",
+                        inject::LABEL
+                    ),
+                    inject::Outcome::OptedOut { what } => {
+                        eprintln!("{what}: sets {} itself; left as it is", inject::LABEL)
+                    }
+                    inject::Outcome::Unchanged => {}
+                }
+            }
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing written");
+            ExitCode::FAILURE
+        }
     }
 }
 

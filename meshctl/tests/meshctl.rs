@@ -221,3 +221,107 @@ fn meshctl_crds_prints_every_crd_as_yaml() {
         serde_json::to_value(mesh_model::crds::all()).unwrap()
     );
 }
+
+#[test]
+fn version_names_the_tool_its_version_and_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("version")
+        .output()
+        .expect("meshctl runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(&format!("meshctl {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(!text.contains("mesh-control"), "{text}");
+    let flag = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(flag.stdout).unwrap(),
+        text,
+        "--version says the same"
+    );
+}
+
+#[test]
+fn inject_reads_stdin_and_writes_labelled_manifests() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("inject")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n# keep me\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (objects, diags) = mesh_model::load_str(&text, None);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    assert!(text.contains("istio.io/dataplane-mode: ambient"), "{text}");
+    assert!(
+        text.contains("# keep me\napiVersion: v1\nkind: ConfigMap"),
+        "{text}"
+    );
+    assert!(objects
+        .iter()
+        .any(|o| o.key().to_string() == "Namespace shop"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("Namespace shop: labelled"));
+    // Bad input: an error naming the document, nothing on stdout, exit 1.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("inject")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"kind: [oops\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("document 0: invalid YAML"));
+}
+
+#[test]
+fn check_fails_with_what_to_do_and_exit_1() {
+    let missing = std::env::temp_dir().join(format!("meshctl-no-cni-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["check", "--cni-conf-dir"])
+        .arg(&missing)
+        .args(["--cni-bin-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  CNI config"), "{text}");
+    assert!(
+        text.contains("install the cluster's network plugin first"),
+        "{text}"
+    );
+    assert!(text.contains("ok    kernel"), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.ends_with("checks failed")),
+        "{text}"
+    );
+}
