@@ -10,7 +10,7 @@ use ztunnel::cni_install::Install;
 
 /// Installs the mesh's CNI plugin on this node and removes it when stopped.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "mesh-cni-install", version)]
 struct Args {
     /// The mesh-cni binary to install.
     #[arg(
