@@ -8,7 +8,8 @@
 //!   [`token_review`]: Kubernetes-mode authentication of callers; [`ca_secret`]: Kubernetes mode's one root for
 //!   all replicas, in a Secret.
 //! - [`kube`]: Kubernetes mode: kube-rs watchers feeding the same model; [`deploy`]: each waypoint Gateway's
-//!   ServiceAccount, Deployment and Service, server-side applied by the replica that holds the [`leader`] Lease.
+//!   ServiceAccount, Deployment and Service, and [`root_cert`]: the mesh root in every namespace, both
+//!   server-side applied by the replica that holds the [`leader`] Lease.
 //! - [`config`]: the process's typed config.
 
 pub mod ca;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod deploy;
 pub mod kube;
 pub mod leader;
+pub mod root_cert;
 pub mod server;
 pub mod token_review;
 pub mod xds;

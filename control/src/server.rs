@@ -217,6 +217,7 @@ pub async fn run(
                 ..cfg.waypoint_deployment.clone()
             },
             leading,
+            ca.root_pem(),
         )),
         None => tokio::spawn(watch_dir(cfg.clone(), publisher)),
     };
@@ -364,13 +365,15 @@ async fn watch_kube(
     mut publisher: Publisher,
     waypoints: crate::deploy::WaypointDeployment,
     leading: watch::Receiver<bool>,
+    root_pem: String,
 ) {
     let (tx, mut rx) = watch::channel((Arc::new(ConfigSet::new()), Vec::new()));
     tokio::spawn(crate::kube::run(client.clone(), tx));
     tokio::spawn(run_writer(
         rx.clone(),
         leading,
-        crate::deploy::Deployer::new(client, waypoints),
+        crate::deploy::Deployer::new(client.clone(), waypoints),
+        crate::root_cert::RootCertPublisher::new(client, root_pem),
     ));
     while rx.changed().await.is_ok() {
         let observed = Instant::now();
@@ -385,15 +388,20 @@ pub async fn run_writer(
     mut config: watch::Receiver<crate::kube::Latest>,
     mut leading: watch::Receiver<bool>,
     mut deployer: crate::deploy::Deployer,
+    mut root_cert: crate::root_cert::RootCertPublisher,
 ) {
     loop {
         if *leading.borrow_and_update() {
             let (set, _) = config.borrow_and_update().clone();
+            if let Err(e) = root_cert.reconcile(&set).await {
+                tracing::error!(error = %e, "publishing the root certificate failed; retried on the next change");
+            }
             if let Err(e) = deployer.reconcile(&set).await {
                 tracing::error!(error = %e, "deploying waypoints failed; retried on the next change");
             }
         } else {
             deployer.forget();
+            root_cert.forget();
         }
         tokio::select! {
             r = config.changed() => if r.is_err() { return },

@@ -513,3 +513,73 @@ async fn kubernetes_mode_lifecycle_modify_invalid_delete_and_relist() {
         "no stale diagnostics"
     );
 }
+
+#[tokio::test]
+async fn the_root_certificate_is_published_in_every_namespace_once() {
+    let (service, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(recording_api(handle, tx));
+    let client = kube::Client::new(service, "default");
+    let mut publisher = mesh_control::root_cert::RootCertPublisher::new(
+        client,
+        "-----BEGIN CERTIFICATE-----\nMII\n".into(),
+    );
+    let set = |names: &[&str]| {
+        let text: String = names
+            .iter()
+            .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n---\n"))
+            .collect();
+        let (objects, diags) = mesh_model::load_str(&text, None);
+        assert!(diags.is_empty(), "{diags:?}");
+        let mut s = ConfigSet::new();
+        for o in objects {
+            s.insert(o, None);
+        }
+        s
+    };
+    assert_eq!(
+        publisher.reconcile(&set(&["shop", "prod"])).await.unwrap(),
+        2
+    );
+    let mut calls = Vec::new();
+    while let Ok(c) = seen.try_recv() {
+        calls.push(c);
+    }
+    let paths: Vec<String> = calls
+        .iter()
+        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "PATCH /api/v1/namespaces/prod/configmaps/istio-ca-root-cert",
+            "PATCH /api/v1/namespaces/shop/configmaps/istio-ca-root-cert",
+        ]
+    );
+    let cm: serde_json::Value = serde_json::from_str(&calls[0].2).unwrap();
+    assert_eq!(
+        cm["data"]["root-cert.pem"],
+        "-----BEGIN CERTIFICATE-----\nMII\n"
+    );
+    // Published once; a new namespace gets it; after losing the Lease, a new term re-applies everything.
+    assert_eq!(
+        publisher.reconcile(&set(&["shop", "prod"])).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        publisher
+            .reconcile(&set(&["shop", "prod", "new"]))
+            .await
+            .unwrap(),
+        1
+    );
+    publisher.forget();
+    assert_eq!(
+        publisher
+            .reconcile(&set(&["shop", "prod", "new"]))
+            .await
+            .unwrap(),
+        3
+    );
+}

@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh_control::deploy::{Deployer, WaypointDeployment};
 use mesh_control::leader::Election;
+use mesh_control::root_cert::RootCertPublisher;
 use mesh_model::{load_str, ConfigSet};
 use tokio::sync::watch;
 
@@ -113,7 +114,8 @@ fn replica(
     tokio::spawn(mesh_control::server::run_writer(
         config.clone(),
         leading.clone(),
-        Deployer::new(client, WaypointDeployment::default()),
+        Deployer::new(client.clone(), WaypointDeployment::default()),
+        RootCertPublisher::new(client, "ROOT PEM".into()),
     ));
     Replica {
         leading,
@@ -133,7 +135,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 fn waypoint_config() -> mesh_control::kube::Latest {
     let (objects, diags) = load_str(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n",
         None,
     );
     assert!(diags.is_empty(), "{diags:?}");
@@ -151,9 +153,10 @@ async fn only_the_lease_holder_writes_and_a_stop_hands_over() {
     let a = replica("control-a", &store, &config);
     eventually("a leads", || *a.leading.borrow()).await;
     let b = replica("control-b", &store, &config);
-    // ServiceAccount, Deployment and Service of the one waypoint: applied by the leader alone.
+    // The root ConfigMap of the one namespace, and the ServiceAccount, Deployment and Service of its waypoint:
+    // applied by the leader alone.
     eventually("a applies the waypoint", || {
-        a.applied.load(Ordering::Acquire) == 3
+        a.applied.load(Ordering::Acquire) == 4
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // five of b's rounds
@@ -175,10 +178,10 @@ async fn only_the_lease_holder_writes_and_a_stop_hands_over() {
         handed_over.elapsed()
     );
     eventually("b applies the waypoint", || {
-        b.applied.load(Ordering::Acquire) == 3
+        b.applied.load(Ordering::Acquire) == 4
     })
     .await;
-    assert_eq!(a.applied.load(Ordering::Acquire), 3);
+    assert_eq!(a.applied.load(Ordering::Acquire), 4);
     let lease = store.lock().unwrap().lease.clone().unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "control-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
@@ -190,7 +193,7 @@ async fn only_the_lease_holder_writes_and_a_stop_hands_over() {
     assert!(!*c.leading.borrow(), "the Lease is b's until it expires");
     eventually("c takes over the expired Lease", || *c.leading.borrow()).await;
     eventually("c applies the waypoint", || {
-        c.applied.load(Ordering::Acquire) == 3
+        c.applied.load(Ordering::Acquire) == 4
     })
     .await;
     let lease = store.lock().unwrap().lease.clone().unwrap();

@@ -581,6 +581,11 @@ def test_rbac_matches_the_code() -> None:
     expected[("authentication.k8s.io", "tokenreviews")] = {"create"}
     for k in applied:
         expected.setdefault(k, set()).update({"create", "patch", "delete"})
+    # The root certificate's ConfigMap in every namespace: applied, never read or deleted.
+    root_cert = rust_file_with("pub struct RootCertPublisher").read_text()
+    assert '"configmaps"' in root_cert and "Patch::Apply" in root_cert
+    assert not re.search(r"\.(get|get_opt|list|watch|delete|replace)\(", root_cert)
+    expected[("", "configmaps")] = {"create", "patch"}
     assert granted(rbac_rules()) == expected
 
 
