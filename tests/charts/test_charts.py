@@ -8,6 +8,7 @@ Run from the repository root: scripts/test-charts.sh (or .venv-charts/bin/python
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -727,3 +728,63 @@ def test_ztunnel_capabilities_are_the_documented_set() -> None:
     for cap in ZTUNNEL_CAPABILITIES | {"NET_RAW", "SYS_PTRACE"}:
         # Each granted capability says why; each usual one left out says why not.
         assert re.search(rf"^# - {cap}: \S", values_text, re.M), f"values.yaml does not explain {cap}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. What the charts set, fed to the real binaries
+
+
+def binary(name: str) -> Path:
+    path = REPO / "target" / "debug" / name
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: run `cargo build --bins` first")
+    return path
+
+
+# Values the kubelet fills from the downward API, as a node would.
+DOWNWARD = {"spec.nodeName": "node-1", "metadata.name": "pod-1", "metadata.namespace": "istio-system"}
+
+
+def check_config(chart: str, values: dict[str, Any], tmp_path: Path, edit: Any = None) -> subprocess.CompletedProcess:
+    """Runs the chart's container command with its args and env, and the config file from its ConfigMap (at a
+    temporary path), adding --check-config: the binary loads and validates exactly what the chart gives it."""
+    objects = render(chart, values)
+    (where, c), = [(w, c) for w, c in containers(objects) if c["name"] == chart]
+    config_map = one(objects, "ConfigMap", f"{chart}-config")
+    text = config_map["data"]["config.yaml"]
+    if edit:
+        text = edit(text)
+    config = tmp_path / f"{chart}.yaml"
+    config.write_text(text)
+    args = list(c.get("args", []))
+    assert args[0] == "--config", args
+    args[1] = str(config)
+    env = {"PATH": os.environ.get("PATH", "")}
+    for name, value in env_of(c).items():
+        env[name] = value if isinstance(value, str) else DOWNWARD[value["fieldRef"]["fieldPath"]]
+    return subprocess.run([str(binary(c["command"][0])), "--check-config", *args], env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.parametrize("which", VALUE_SETS)
+@pytest.mark.parametrize("chart", ["control", "ztunnel"])
+def test_the_binaries_accept_what_the_charts_set(chart: str, which: str, tmp_path: Path) -> None:
+    values = values_for(chart, which)
+    done = check_config(chart, values, tmp_path)
+    assert done.returncode == 0, f"{chart} ({which}) rejects its chart's settings:\n{done.stderr}"
+    effective = json.loads(done.stdout)
+    # What the values say is what the process would run with.
+    assert effective["trustDomain"] == values.get("trustDomain", "cluster.local")
+    if chart == "control":
+        assert effective["configSource"] == "kubernetes"
+        assert effective["rootNamespace"] == values.get("rootNamespace", "istio-system")
+    else:
+        assert effective["nodeName"] == "node-1"
+        assert effective["runDir"] == values.get("runDir", "/var/run/ztunnel")
+
+
+@pytest.mark.parametrize("chart", ["control", "ztunnel"])
+def test_a_key_the_code_does_not_read_fails_the_check(chart: str, tmp_path: Path) -> None:
+    done = check_config(chart, values_for(chart, "default"), tmp_path, edit=lambda t: t + "notAKnownSetting: 1\n")
+    assert done.returncode != 0
+    assert "unknown field `notAKnownSetting`" in done.stderr, done.stderr

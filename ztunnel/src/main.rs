@@ -10,6 +10,10 @@ struct Args {
     /// YAML config file; environment variables override it.
     #[arg(long, env = "ZTUNNEL_CONFIG")]
     config: Option<PathBuf>,
+    /// Load and validate the config (file, then environment), print it as the process would run with it, and
+    /// exit: 0 when valid, 1 with the reason when not. Nothing is started.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -18,6 +22,13 @@ fn main() -> anyhow::Result<()> {
     mesh_core::socket::raise_fd_limit();
     let cfg =
         ztunnel::config::Config::load(args.config.as_deref()).context("invalid ztunnel config")?;
+    if args.check_config {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&cfg).context("printing the config")?
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
