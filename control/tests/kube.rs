@@ -201,6 +201,21 @@ async fn token_review_identifies_node_proxies_and_workloads() {
 }
 
 /// Records every request (method, path and query, body) and answers with the object it was sent.
+type Call = (String, String, String);
+
+/// The calls recorded so far, and each as `METHOD /path` (no query).
+fn drain_calls(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Call>) -> (Vec<Call>, Vec<String>) {
+    let mut calls = Vec::new();
+    while let Ok(c) = seen.try_recv() {
+        calls.push(c);
+    }
+    let paths = calls
+        .iter()
+        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap_or_default()))
+        .collect();
+    (calls, paths)
+}
+
 async fn recording_api(
     mut handle: Handle,
     seen: tokio::sync::mpsc::UnboundedSender<(String, String, String)>,
@@ -258,14 +273,7 @@ async fn each_waypoint_gateway_gets_an_account_a_deployment_and_a_service() {
             .unwrap(),
         3
     );
-    let mut calls = Vec::new();
-    while let Ok(c) = seen.try_recv() {
-        calls.push(c);
-    }
-    let paths: Vec<String> = calls
-        .iter()
-        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap_or_default()))
-        .collect();
+    let (calls, paths) = drain_calls(&mut seen);
     assert_eq!(
         paths,
         [
@@ -542,14 +550,7 @@ async fn the_root_certificate_is_published_in_every_namespace_once() {
         publisher.reconcile(&set(&["shop", "prod"])).await.unwrap(),
         2
     );
-    let mut calls = Vec::new();
-    while let Ok(c) = seen.try_recv() {
-        calls.push(c);
-    }
-    let paths: Vec<String> = calls
-        .iter()
-        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap_or_default()))
-        .collect();
+    let (calls, paths) = drain_calls(&mut seen);
     assert_eq!(
         paths,
         [

@@ -27,6 +27,17 @@ pub fn original_dst<S: AsFd>(sock: &S) -> io::Result<SocketAddr> {
     )))
 }
 
+/// A TCP socket for `addr`'s family with Nagle off, ready to connect: for sockets no redirection can capture.
+pub fn tcp_socket(addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// A non-blocking TCP socket for `addr`'s family carrying the mesh mark, ready to connect.
 pub fn marked_tcp_socket(addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
     let sock = Socket::new(

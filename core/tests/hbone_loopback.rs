@@ -36,7 +36,13 @@ struct Server {
     client: WorkloadCert,
 }
 
-async fn server(drain: DrainWatch) -> Server {
+/// A CA's server identity and its TLS acceptor on a loopback listener, and a client certificate of the same CA.
+async fn listening() -> (
+    Identity,
+    WorkloadCert,
+    tokio_rustls::TlsAcceptor,
+    TcpListener,
+) {
     let ca = CertificateAuthority::generate("cluster.local").unwrap();
     let id = Identity::new("cluster.local", "ns", "server");
     let cert = ca.issue(&id, Duration::from_secs(600)).unwrap();
@@ -47,8 +53,13 @@ async fn server(drain: DrainWatch) -> Server {
         )
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
+    (id, client, acceptor, listener)
+}
+
+async fn server(drain: DrainWatch) -> Server {
+    let (id, client, acceptor, listener) = listening().await;
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let metrics = HboneMetrics::default();
         loop {
@@ -204,18 +215,8 @@ impl PerConnServer {
 }
 
 async fn per_conn_server() -> PerConnServer {
-    let ca = CertificateAuthority::generate("cluster.local").unwrap();
-    let id = Identity::new("cluster.local", "ns", "server");
-    let cert = ca.issue(&id, Duration::from_secs(600)).unwrap();
-    let client = ca
-        .issue(
-            &Identity::new("cluster.local", "ns", "client"),
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (id, client, acceptor, listener) = listening().await;
     let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
     let drains = Arc::new(std::sync::Mutex::new(Vec::new()));
     let d = drains.clone();
     tokio::spawn(async move {

@@ -246,8 +246,8 @@ fn version_names_the_tool_its_version_and_commit() {
     );
 }
 
-#[test]
-fn inject_reads_stdin_and_writes_labelled_manifests() {
+/// `meshctl inject` with `input` on stdin.
+fn inject(input: &[u8]) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .arg("inject")
@@ -256,13 +256,13 @@ fn inject_reads_stdin_and_writes_labelled_manifests() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n# keep me\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn inject_reads_stdin_and_writes_labelled_manifests() {
+    let out = inject(b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n# keep me\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let (objects, diags) = mesh_model::load_str(&text, None);
@@ -279,20 +279,7 @@ fn inject_reads_stdin_and_writes_labelled_manifests() {
         .unwrap()
         .contains("Namespace shop: labelled"));
     // Bad input: an error naming the document, nothing on stdout, exit 1.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .arg("inject")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"kind: [oops\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = inject(b"kind: [oops\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8(out.stderr)

@@ -103,15 +103,8 @@ impl Waypoint {
         ));
         let issuer = Issuer::control_plane(cp)?;
         let drain = Drain::new();
-        let sockets: mesh_core::hbone::SocketFactory = Arc::new(|addr: &std::net::SocketAddr| {
-            let s = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            s.set_nodelay(true)?;
-            Ok(s)
-        });
+        // The waypoint is not in a redirected pod network: plain sockets.
+        let sockets: mesh_core::hbone::SocketFactory = Arc::new(mesh_core::socket::tcp_socket);
         let ctx = Arc::new(Ctx {
             identity: cfg.identity(),
             state,

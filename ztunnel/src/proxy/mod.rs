@@ -55,15 +55,7 @@ impl PodNetwork {
     pub fn socket(&self, addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
         match self {
             Self::Namespace(ns) => ns.run(|| mesh_core::socket::marked_tcp_socket(addr))?,
-            Self::Local => {
-                let s = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                s.set_nodelay(true)?;
-                Ok(s)
-            }
+            Self::Local => mesh_core::socket::tcp_socket(addr),
         }
     }
 
