@@ -190,7 +190,7 @@ impl IstioCertificateService for CaService {
         match self.ca.sign_csr(&req.csr, &identity, ttl) {
             Ok(chain) => {
                 self.count(Outcome::issued);
-                tracing::info!(%identity, caller = %caller.identity, ttl_secs = ttl.as_secs(), "certificate issued");
+                tracing::info!(%identity, caller = %caller.identity, node = caller.node.as_deref().unwrap_or("-"), ttl_secs = ttl.as_secs(), "certificate issued");
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: chain,
                     root_cert: None,

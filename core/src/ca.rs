@@ -160,7 +160,7 @@ impl CertificateAuthority {
     /// Issues a certificate and a fresh key for `identity` (development CA: the key never leaves this process).
     pub fn issue(&self, identity: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
         let now = SystemTime::now();
-        self.issue_valid(identity, now - Duration::from_secs(60), now + ttl)
+        self.issue_valid(identity, now - backdate(ttl), now + ttl)
     }
 
     /// Issues a certificate valid from `not_before` to `not_after` (a past window gives an expired one, as
@@ -271,9 +271,17 @@ fn leaf_params(identity: &Identity, ttl: Duration) -> Result<CertificateParams, 
     ];
     params.use_authority_key_identifier_extension = true;
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(1);
+    params.not_before =
+        now - time::Duration::try_from(backdate(ttl)).unwrap_or(time::Duration::ZERO);
     params.not_after = now + time::Duration::try_from(ttl).unwrap_or(time::Duration::days(1));
     Ok(params)
+}
+
+/// How far before now a certificate is made valid, for peers whose clocks run a little behind: a minute, but
+/// never more than a tenth of the lifetime. A client that renews at the midpoint of the validity window (Istio's
+/// ztunnel does) would otherwise renew far too early with short lifetimes (60 s certificates: at once).
+pub fn backdate(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(60))
 }
 
 fn der_to_pem(der: &CertificateDer<'_>) -> String {
@@ -290,6 +298,52 @@ mod tests {
         let id = Identity::new("cluster.local", "default", "echo");
         let cert = ca.issue(&id, Duration::from_secs(3600)).unwrap();
         assert_eq!(crate::tls::identity_of(&cert.chain()[0]).unwrap(), id);
+    }
+
+    /// The validity window of a PEM chain's first certificate, in seconds since the epoch.
+    fn window(chain_pem: &str) -> (i64, i64) {
+        let der = crate::tls::parse_pem_certs(chain_pem).remove(0);
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn short_lifetimes_are_backdated_by_a_tenth_at_most() {
+        let ca = CertificateAuthority::generate("td").unwrap();
+        let id = Identity::new("td", "ns", "sa");
+        let now = || {
+            i64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            )
+            .unwrap()
+        };
+        for (ttl, backdated) in [(60, 6), (3600, 60), (86_400, 60)] {
+            let (csr, _key) = new_csr(&id).unwrap();
+            let before = now();
+            let chain = ca.sign_csr(&csr, &id, Duration::from_secs(ttl)).unwrap();
+            let (nb, na) = window(&chain[0]);
+            assert!(
+                nb >= before - backdated - 1 && nb <= before - backdated + 1,
+                "ttl {ttl}: notBefore {nb}, now {before}"
+            );
+            assert!(
+                (na - nb - (ttl as i64 + backdated)).abs() <= 1,
+                "ttl {ttl}: window {}",
+                na - nb
+            );
+            // A client renewing at the midpoint renews after about half the lifetime, not at once.
+            let midpoint = nb + (na - nb) / 2;
+            assert!(
+                midpoint - before >= ttl as i64 * 2 / 5,
+                "ttl {ttl}: renewal {}s after issue",
+                midpoint - before
+            );
+        }
+        assert_eq!(backdate(Duration::from_secs(60)), Duration::from_secs(6));
     }
 
     #[test]

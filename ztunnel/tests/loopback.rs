@@ -46,7 +46,7 @@ struct Node {
 }
 
 fn pod(ctx: &ProxyCtx, name: &str, ip: IpAddr) -> Arc<Pod> {
-    let network = Arc::new(PodNetwork::Local);
+    let network = Arc::new(PodNetwork::Local { ip });
     Arc::new(Pod {
         uid: name.into(),
         name: name.into(),
@@ -301,6 +301,15 @@ async fn hbone_to(
     n: &Node,
     dst: SocketAddr,
 ) -> Result<mesh_core::hbone::H2Stream, mesh_core::hbone::HboneError> {
+    hbone_forwarding(n, dst, SocketAddr::new(n.client.ips[0], 1)).await
+}
+
+/// The same, with `forwarded` in the `Forwarded` header (what a waypoint sets; anyone else could lie in it).
+async fn hbone_forwarding(
+    n: &Node,
+    dst: SocketAddr,
+    forwarded: SocketAddr,
+) -> Result<mesh_core::hbone::H2Stream, mesh_core::hbone::HboneError> {
     let id = mesh_primitives::identity::Identity::new("cluster.local", "default", "client");
     let (cert, _) = n.ctx.certs.fetch(&id).await.expect("a certificate");
     let key = mesh_core::hbone::PoolKey {
@@ -310,7 +319,7 @@ async fn hbone_to(
     };
     let req = mesh_core::hbone::ConnectRequest {
         authority: dst,
-        forwarded_for: SocketAddr::new(n.client.ips[0], 1),
+        forwarded_for: forwarded,
         baggage: None,
         traceparent: None,
     };
@@ -320,4 +329,62 @@ async fn hbone_to(
     )
     .await
     .expect("refused promptly, not hung")
+}
+
+#[tokio::test]
+async fn a_forged_forwarded_address_does_not_pass_ip_blocks() {
+    let n = node(60).await;
+    let server = SocketAddr::new([127, 0, 0, 61].into(), 8080);
+    // DENY connections from the client pod's address (ipBlocks is the source address).
+    let deny_client_ip = pb::Authorization {
+        name: "deny-client-ip".into(),
+        namespace: "default".into(),
+        scope: pb::Scope::Namespace as i32,
+        action: pb::Action::Deny as i32,
+        rules: vec![pb::Rule {
+            clauses: vec![pb::Clause {
+                matches: vec![pb::Match {
+                    source_ips: vec![pb::Address {
+                        address: vec![127, 0, 0, 60],
+                        length: 32,
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    n.ctx
+        .state
+        .store_policies(Policies::compile([&deny_client_ip]).unwrap());
+    assert_eq!(n.call(server, b"honest").await.unwrap_or_default(), b"");
+    // Claiming another address in `Forwarded` changes nothing: only a waypoint's claim is believed.
+    let forged = hbone_forwarding(&n, server, "127.0.0.99:1".parse().unwrap()).await;
+    assert!(
+        forged.is_err(),
+        "a forged Forwarded address must not pass the DENY"
+    );
+    assert_eq!(
+        n.metric(
+            "mesh_authorization_denied_connections_total",
+            &["policy=\"default/deny-client-ip\""]
+        ),
+        2.0
+    );
+    // Once the client's account is a waypoint (a service names it), its `Forwarded` address is the one policy
+    // judges: the client it forwards for is not in the denied block.
+    let with_waypoint = format!(
+        "{}- {{name: shop, namespace: default, vip: 198.18.255.21, ports: [{{port: 80}}], waypoint: 127.0.0.60:15008}}\n",
+        state_file(60)
+    );
+    n.ctx.state.store(
+        Snapshot::build(mesh_primitives::yaml::from_str::<LocalState>(&with_waypoint).unwrap())
+            .unwrap(),
+    );
+    assert!(
+        hbone_forwarding(&n, server, "127.0.0.99:1".parse().unwrap())
+            .await
+            .is_ok(),
+        "a waypoint's Forwarded client is believed"
+    );
 }

@@ -3,7 +3,7 @@
 //! In file mode the snapshot comes from a YAML file polled for changes; an invalid file is rejected with the
 //! object and field at fault and the last good snapshot keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,7 +149,34 @@ pub struct Snapshot {
     by_key: HashMap<String, IpAddr>,
     /// The service each workload is reported under (telemetry, baggage), computed here, not per connection.
     service_of: HashMap<IpAddr, Arc<Service>>,
+    /// (namespace, service account) of every waypoint's workloads: the only peers whose `Forwarded` client
+    /// address is believed.
+    waypoints: HashSet<(String, String)>,
     rr: AtomicUsize,
+}
+
+/// The accounts of the workloads some service names as its waypoint (by workload address, or by the VIP of the
+/// waypoint's own Service).
+fn waypoint_accounts(
+    services: &[Service],
+    by_ip: &HashMap<IpAddr, Arc<Workload>>,
+    by_vip: &HashMap<IpAddr, (Arc<Service>, Vec<Arc<Workload>>)>,
+) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    for addr in services.iter().filter_map(|s| s.waypoint) {
+        let ip = addr.ip();
+        let workloads: Vec<&Arc<Workload>> = match (by_ip.get(&ip), by_vip.get(&ip)) {
+            (Some(w), _) => vec![w],
+            (None, Some((_, endpoints))) => endpoints.iter().collect(),
+            (None, None) => Vec::new(),
+        };
+        out.extend(
+            workloads
+                .into_iter()
+                .map(|w| (w.namespace.clone(), w.service_account.clone())),
+        );
+    }
+    out
 }
 
 impl Workload {
@@ -231,14 +258,23 @@ impl Snapshot {
             }
             by_vip.insert(s.vip, (svc, endpoints));
         }
+        let waypoints = waypoint_accounts(&source.services, &by_ip, &by_vip);
         Ok(Self {
             source,
             by_ip,
             by_vip,
             by_key: by_service_key,
             service_of,
+            waypoints,
             rr: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether `id` is a waypoint's identity: a waypoint forwards for its clients, so its `Forwarded` header says
+    /// who the client was; any other peer's says what it wants policy to believe.
+    pub fn is_waypoint(&self, id: &Identity) -> bool {
+        self.waypoints
+            .contains(&(id.namespace.clone(), id.service_account.clone()))
     }
 
     pub fn workload(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {

@@ -104,9 +104,17 @@ impl Handler {
             labels.source_workload = m.workload.clone();
             labels.source_workload_namespace = m.namespace.clone();
         }
+        // Policy sees the connection's own source, unless the peer is a waypoint forwarding for its client (as
+        // Istio trusts its waypoints): a `Forwarded` header from anyone else is the caller's claim, not a fact.
+        let trusted_forward = req
+            .peer_identity
+            .as_ref()
+            .is_some_and(|id| snap.is_waypoint(id));
         let info = ConnInfo {
             principal: req.peer_identity.clone(),
-            src_ip: src_addr.map_or(req.peer_addr.ip(), |a| a.ip()),
+            src_ip: src_addr
+                .filter(|_| trusted_forward)
+                .map_or(req.peer_addr.ip(), |a| a.ip()),
             dst_ip: req.authority.ip(),
             dst_port: req.authority.port(),
         };

@@ -45,9 +45,9 @@ pub struct ProxyCtx {
 pub enum PodNetwork {
     /// In-pod mode: inside the pod's own network namespace, marked so the pod's redirection rules skip them.
     Namespace(Arc<NetNs>),
-    /// In ztunnel's own network, unmarked, with listeners on the pod's address: a pod that shares the node's
-    /// network (no redirection), and the data-path tests on loopback, which need no root.
-    Local,
+    /// In ztunnel's own network, unmarked, with sockets and listeners on the pod's address `ip`: a pod that
+    /// shares the node's network (no redirection), and the data-path tests on loopback, which need no root.
+    Local { ip: IpAddr },
 }
 
 impl PodNetwork {
@@ -55,7 +55,14 @@ impl PodNetwork {
     pub fn socket(&self, addr: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
         match self {
             Self::Namespace(ns) => ns.run(|| mesh_core::socket::marked_tcp_socket(addr))?,
-            Self::Local => mesh_core::socket::tcp_socket(addr),
+            Self::Local { ip } => {
+                let s = mesh_core::socket::tcp_socket(addr)?;
+                // Traffic leaves from the pod's own address, as it would from its namespace.
+                if ip.is_ipv4() == addr.is_ipv4() {
+                    s.bind(SocketAddr::new(*ip, 0))?;
+                }
+                Ok(s)
+            }
         }
     }
 
@@ -77,7 +84,7 @@ impl PodNetwork {
                     mesh_core::socket::marked_listener(any(ports[2]), false)?,
                 ])
             })?,
-            Self::Local => {
+            Self::Local { .. } => {
                 let bind = |port| -> io::Result<std::net::TcpListener> {
                     let l = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
                     l.set_nonblocking(true)?;
