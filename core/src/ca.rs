@@ -26,6 +26,8 @@ pub enum CaError {
     },
     #[error("CA certificate {path} holds no PEM certificate")]
     NoCertificate { path: String },
+    #[error("CA key {path} is readable by others (mode {mode:o}): run `chmod 600 {path}`, and rotate the root if others may have read it")]
+    KeyExposed { path: String, mode: u32 },
     #[error("CSR does not ask for exactly the identity {expected}: {reason}")]
     CsrIdentity { expected: String, reason: String },
 }
@@ -102,19 +104,46 @@ impl CertificateAuthority {
             let path = path.display().to_string();
             move |source| CaError::Io { path, source }
         };
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
         if !cert_path.exists() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            // The key is the mesh's root of trust: only its owner may read it, from its creation on.
+            let private_dir = |d: &Path| {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+            };
+            private_dir(dir).map_err(io(dir))?;
             let fresh = Self::generate(trust_domain)?;
             let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-            std::fs::write(tmp.join(KEY_FILE), &fresh.key_pem).map_err(io(&tmp))?;
+            private_dir(&tmp).map_err(io(&tmp))?;
+            std::io::Write::write_all(
+                &mut std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(tmp.join(KEY_FILE))
+                    .map_err(io(&tmp))?,
+                fresh.key_pem.as_bytes(),
+            )
+            .map_err(io(&tmp))?;
             std::fs::write(tmp.join(CERT_FILE), &fresh.chain_pem[0]).map_err(io(&tmp))?;
             // Key first, certificate last: a reader that sees the certificate finds the key too.
             let _ = std::fs::hard_link(tmp.join(KEY_FILE), &key_path);
             let _ = std::fs::hard_link(tmp.join(CERT_FILE), &cert_path);
             let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let mode = std::fs::metadata(&key_path)
+            .map_err(io(&key_path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(CaError::KeyExposed {
+                path: key_path.display().to_string(),
+                mode: mode & 0o777,
+            });
         }
         let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
@@ -352,6 +381,25 @@ mod tests {
         let a = CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
         let b = CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
         assert_eq!(a.roots(), b.roots());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_is_private_and_an_exposed_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mesh-ca-perm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        CertificateAuthority::load_or_create(&dir, "cluster.local").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let Err(e) = CertificateAuthority::load_or_create(&dir, "cluster.local") else {
+            panic!("a world-readable CA key must not load");
+        };
+        assert!(matches!(e, CaError::KeyExposed { mode: 0o644, .. }), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -31,7 +31,7 @@ impl Cluster {
     /// ztunnel's `controlPlane` block for node `i` (1-based), writing the node's bootstrap token.
     pub(crate) fn control_plane_ref(&self, i: usize) -> Result<String> {
         let token: u128 = rand::random();
-        std::fs::write(self.token_file(i), format!("{token:032x}\n"))?;
+        write_secret(&self.token_file(i), &format!("{token:032x}\n"))?;
         Ok(format!(
             "controlPlane:\n  address: https://{CONTROL_IP}:15012\n  rootCert: {}\n  tokenFile: {}\n",
             self.ca_dir().join("root-cert.pem").display(),
@@ -157,7 +157,7 @@ impl Cluster {
             for p in waypoints {
                 let token: u128 = rand::random();
                 let file = self.workload_token_file(&p.spec.name);
-                std::fs::write(&file, format!("{token:032x}\n"))?;
+                write_secret(&file, &format!("{token:032x}\n"))?;
                 cfg.push_str(&format!(
                     "- {{namespace: {}, serviceAccount: {}, tokenFile: {}}}\n",
                     p.spec.namespace,
@@ -212,4 +212,17 @@ impl Cluster {
             path,
         )
     }
+}
+
+/// A bootstrap token: readable by its owner only, as a credential should be.
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
