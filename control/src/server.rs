@@ -46,6 +46,9 @@ pub enum StartError {
     Grpc(#[from] tonic::transport::Error),
 }
 
+/// How long a stopping control plane lets its gRPC calls finish (streams end at once, with UNAVAILABLE).
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The control plane's identity (Istio's), and the names its serving certificate carries.
 pub const CONTROL_SA: (&str, &str) = ("istio-system", "istiod");
 pub const CONTROL_DNS: &[&str] = &[
@@ -179,7 +182,10 @@ pub async fn run(
         &mut registry,
     );
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry));
+    // Cancelled on shutdown: the election gives its Lease up and every xDS stream ends (clients reconnect).
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry))
+        .with_stop(stopping.clone());
     let rejected = Gauge::<i64>::default();
     registry.register(
         "mesh_config_rejected_objects",
@@ -197,7 +203,6 @@ pub async fn run(
         version: 0,
     };
     // Kubernetes mode: this replica's part in the writers' Lease, given up when the process stops.
-    let stopping = tokio_util::sync::CancellationToken::new();
     let mut election_task = None;
     let (leading_tx, leading) = watch::channel(false);
     if let Some(client) = &kube_client {
@@ -239,12 +244,23 @@ pub async fn run(
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
-    tonic::transport::Server::builder()
+    let stop = stopping.clone();
+    let serve = tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(IstioCertificateServiceServer::new(ca_service))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
-        .serve_with_shutdown(cfg.grpc_addr, shutdown)
-        .await?;
+        .serve_with_shutdown(cfg.grpc_addr, async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    // Streams end at once when stopping; anything still open after the drain deadline is dropped with the process.
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => tracing::warn!(deadline = ?DRAIN_DEADLINE, "connections still open after the drain deadline; exiting"),
+    }
     stopping.cancel();
     if let Some(task) = election_task {
         // Giving the Lease up lets another replica take over at once instead of after it expires.

@@ -101,6 +101,7 @@ pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     auth: Arc<dyn Authenticator>,
     metrics: XdsMetrics,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AdsService {
@@ -113,7 +114,15 @@ impl AdsService {
             snapshots,
             auth,
             metrics,
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// When `stopping` is cancelled every stream ends with UNAVAILABLE, which tells proxies to reconnect (to
+    /// another replica): a stopping control plane does not wait for its clients to leave.
+    pub fn with_stop(mut self, stopping: tokio_util::sync::CancellationToken) -> Self {
+        self.stopping = stopping;
+        self
     }
 }
 
@@ -151,7 +160,7 @@ impl AggregatedDiscoveryService for AdsService {
             tx,
             metrics: self.metrics.clone(),
         };
-        tokio::spawn(conn.run(inbound, self.snapshots.clone()));
+        tokio::spawn(conn.run(inbound, self.snapshots.clone(), self.stopping.clone()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -187,11 +196,19 @@ impl Conn {
         mut self,
         mut inbound: Streaming<DeltaDiscoveryRequest>,
         mut snaps: watch::Receiver<Arc<Snapshot>>,
+        stopping: tokio_util::sync::CancellationToken,
     ) {
         self.metrics.connected.inc();
         tracing::info!(peer = %self.peer, "xDS stream opened");
         loop {
             tokio::select! {
+                _ = stopping.cancelled() => {
+                    let _ = self
+                        .tx
+                        .send(Err(Status::unavailable("control plane stopping; reconnect")))
+                        .await;
+                    break;
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         let snap = snaps.borrow().clone();
