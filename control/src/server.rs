@@ -184,6 +184,7 @@ pub async fn run(
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     // Cancelled on shutdown: the election gives its Lease up and every xDS stream ends (clients reconnect).
     let stopping = tokio_util::sync::CancellationToken::new();
+    let mut first_config = snap_rx.clone();
     let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry))
         .with_stop(stopping.clone());
     let rejected = Gauge::<i64>::default();
@@ -237,10 +238,22 @@ pub async fn run(
     let drain = mesh_core::drain::Drain::new();
     tokio::spawn(mesh_core::admin::serve(
         monitoring,
-        monitoring_handler(registry, status),
+        monitoring_handler(registry, status.clone()),
         drain.watch(),
     ));
 
+    // Nothing is served before the first config is published: a proxy reconnecting to a restarted control plane
+    // would otherwise get an empty snapshot and delete all it holds, and the CA would refuse node proxies whose
+    // pods it does not know yet. `/ready` says 503 until then.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    tokio::select! {
+        _ = first_config.changed() => {}
+        _ = shutdown.clone() => return Ok(()),
+    }
+    tracing::info!(
+        version = status.load().version,
+        "first config published; serving"
+    );
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
@@ -277,6 +290,10 @@ fn monitoring_handler(
         p if mesh_core::admin::METRICS_PATHS.contains(&p) => {
             mesh_core::admin::metrics_reply(&registry)
         }
+        "/ready" if status.load().version == 0 => mesh_core::admin::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first config is not published yet\n",
+        ),
         "/ready" => mesh_core::admin::text(StatusCode::OK, "ready\n"),
         "/debug/config_dump" => mesh_core::admin::json(&**status.load()),
         "/debug/analyze" => {
@@ -374,7 +391,6 @@ async fn watch_dir(cfg: Config, mut publisher: Publisher) {
     }
 }
 
-/// Kubernetes mode: watchers build the config; each new one is published.
 /// Kubernetes mode: every replica publishes what the watchers see; only the Lease holder writes.
 async fn watch_kube(
     client: kube::Client,

@@ -32,6 +32,17 @@ impl XdsHandler for Counting {
     }
 }
 
+/// Kills the control plane when the test ends, even by a failed assertion (else it outlives the test and holds
+/// the test runner's output pipe open).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -78,8 +89,10 @@ fn sigterm_with_100_open_streams_exits_promptly() {
     let mut control = Command::new(env!("CARGO_BIN_EXE_control"))
         .args(["--config"])
         .arg(dir.join("control.yaml"))
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
     wait_for("the control plane", Duration::from_secs(20), || {
         dir.join("ca/root-cert.pem").exists() && metric(monitoring, "pilot_xds").is_some()
@@ -114,12 +127,12 @@ fn sigterm_with_100_open_streams_exits_promptly() {
 
     let stopped = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(control.id() as i32),
+        nix::unistd::Pid::from_raw(control.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let status = loop {
-        if let Some(s) = control.try_wait().unwrap() {
+        if let Some(s) = control.0.try_wait().unwrap() {
             break s;
         }
         assert!(
