@@ -99,7 +99,7 @@ impl Install {
                 .map(unchain);
             let untouched = match (&ours, parse(&done.original, &bytes)) {
                 // Our entry out of the current file gives the original back: nobody else changed it.
-                (Some(Ok(now)), Ok(orig)) => same_plugins(now, &orig, &done.config, &done.original),
+                (Some(now), Ok(orig)) => same_plugins(now, &orig, &done.config, &done.original),
                 _ => false,
             };
             if untouched || current.is_none() {
@@ -107,7 +107,7 @@ impl Install {
                     let _ = fs::remove_file(&done.config);
                 }
                 write_atomically(&done.original, &bytes)?;
-            } else if let Some(Ok(now)) = ours {
+            } else if let Some(now) = ours {
                 write_atomically(&done.config, pretty(&now).as_bytes())?;
             }
             fs::remove_file(&done.backup).map_err(io_err(&done.backup))?;
@@ -238,11 +238,11 @@ fn chains_us(conf: &Value) -> bool {
 }
 
 /// The config without our entry.
-fn unchain(mut conf: Value) -> Result<Value, InstallError> {
+fn unchain(mut conf: Value) -> Value {
     if let Some(plugins) = conf.get_mut("plugins").and_then(Value::as_array_mut) {
         plugins.retain(|e| e["type"] != PLUGIN);
     }
-    Ok(conf)
+    conf
 }
 
 /// Whether `now` (ours removed) is what `orig` was: the same plugins, as a conflist or a single plugin.

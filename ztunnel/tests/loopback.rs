@@ -149,6 +149,20 @@ impl Node {
     }
 }
 
+/// A namespace-wide DENY of connections matching `m`.
+fn deny(name: &str, m: pb::Match) -> pb::Authorization {
+    pb::Authorization {
+        name: name.into(),
+        namespace: "default".into(),
+        scope: pb::Scope::Namespace as i32,
+        action: pb::Action::Deny as i32,
+        rules: vec![pb::Rule {
+            clauses: vec![pb::Clause { matches: vec![m] }],
+        }],
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn pod_to_pod_and_service_vip_go_over_mtls_hbone() {
     let n = node(20).await;
@@ -224,26 +238,18 @@ async fn l4_policy_at_the_destination_refuses_with_401_and_counts() {
     let n = node(40).await;
     let server = SocketAddr::new([127, 0, 0, 41].into(), 8080);
     assert_eq!(n.call(server, b"allowed").await.unwrap(), b"allowed");
-    let deny_client = pb::Authorization {
-        name: "deny-client".into(),
-        namespace: "default".into(),
-        scope: pb::Scope::Namespace as i32,
-        action: pb::Action::Deny as i32,
-        rules: vec![pb::Rule {
-            clauses: vec![pb::Clause {
-                matches: vec![pb::Match {
-                    principals: vec![pb::StringMatch {
-                        match_type: Some(pb::string_match::MatchType::Exact(
-                            // Istio's principal form: no scheme.
-                            "cluster.local/ns/default/sa/client".into(),
-                        )),
-                    }],
-                    ..Default::default()
-                }],
+    let deny_client = deny(
+        "deny-client",
+        pb::Match {
+            principals: vec![pb::StringMatch {
+                match_type: Some(pb::string_match::MatchType::Exact(
+                    // Istio's principal form: no scheme.
+                    "cluster.local/ns/default/sa/client".into(),
+                )),
             }],
-        }],
-        ..Default::default()
-    };
+            ..Default::default()
+        },
+    );
     n.ctx
         .state
         .store_policies(Policies::compile([&deny_client]).unwrap());
@@ -336,24 +342,16 @@ async fn a_forged_forwarded_address_does_not_pass_ip_blocks() {
     let n = node(60).await;
     let server = SocketAddr::new([127, 0, 0, 61].into(), 8080);
     // DENY connections from the client pod's address (ipBlocks is the source address).
-    let deny_client_ip = pb::Authorization {
-        name: "deny-client-ip".into(),
-        namespace: "default".into(),
-        scope: pb::Scope::Namespace as i32,
-        action: pb::Action::Deny as i32,
-        rules: vec![pb::Rule {
-            clauses: vec![pb::Clause {
-                matches: vec![pb::Match {
-                    source_ips: vec![pb::Address {
-                        address: vec![127, 0, 0, 60],
-                        length: 32,
-                    }],
-                    ..Default::default()
-                }],
+    let deny_client_ip = deny(
+        "deny-client-ip",
+        pb::Match {
+            source_ips: vec![pb::Address {
+                address: vec![127, 0, 0, 60],
+                length: 32,
             }],
-        }],
-        ..Default::default()
-    };
+            ..Default::default()
+        },
+    );
     n.ctx
         .state
         .store_policies(Policies::compile([&deny_client_ip]).unwrap());

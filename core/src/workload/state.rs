@@ -149,9 +149,9 @@ pub struct Snapshot {
     by_key: HashMap<String, IpAddr>,
     /// The service each workload is reported under (telemetry, baggage), computed here, not per connection.
     service_of: HashMap<IpAddr, Arc<Service>>,
-    /// (namespace, service account) of every waypoint's workloads: the only peers whose `Forwarded` client
-    /// address is believed.
-    waypoints: HashSet<(String, String)>,
+    /// Namespace → service accounts of every waypoint's workloads: the only peers whose `Forwarded` client
+    /// address is believed. Keyed so the per-connection lookup borrows instead of allocating.
+    waypoints: HashMap<String, HashSet<String>>,
     rr: AtomicUsize,
 }
 
@@ -161,8 +161,8 @@ fn waypoint_accounts(
     services: &[Service],
     by_ip: &HashMap<IpAddr, Arc<Workload>>,
     by_vip: &HashMap<IpAddr, (Arc<Service>, Vec<Arc<Workload>>)>,
-) -> HashSet<(String, String)> {
-    let mut out = HashSet::new();
+) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
     for addr in services.iter().filter_map(|s| s.waypoint) {
         let ip = addr.ip();
         let workloads: Vec<&Arc<Workload>> = match (by_ip.get(&ip), by_vip.get(&ip)) {
@@ -170,11 +170,11 @@ fn waypoint_accounts(
             (None, Some((_, endpoints))) => endpoints.iter().collect(),
             (None, None) => Vec::new(),
         };
-        out.extend(
-            workloads
-                .into_iter()
-                .map(|w| (w.namespace.clone(), w.service_account.clone())),
-        );
+        for w in workloads {
+            out.entry(w.namespace.clone())
+                .or_default()
+                .insert(w.service_account.clone());
+        }
     }
     out
 }
@@ -274,7 +274,8 @@ impl Snapshot {
     /// who the client was; any other peer's says what it wants policy to believe.
     pub fn is_waypoint(&self, id: &Identity) -> bool {
         self.waypoints
-            .contains(&(id.namespace.clone(), id.service_account.clone()))
+            .get(&id.namespace)
+            .is_some_and(|accounts| accounts.contains(&id.service_account))
     }
 
     pub fn workload(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
