@@ -9,10 +9,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins -p mesh-control -p ztunnel -p waypoint \
+RUN cargo build --release --locked --bins -p mesh-control -p ztunnel -p waypoint -p mesh-cni \
  && mkdir /out \
  && cp target/release/control target/release/ztunnel target/release/waypoint \
-       target/release/mesh-cni target/release/mesh-cni-install /out/ \
+       target/release/mesh-cni target/release/mesh-cni-agent /out/ \
  && strip /out/*
 
 # Small runtime base: glibc and libgcc only (the binaries need nothing else; TLS is rustls with ring).
@@ -33,7 +33,9 @@ COPY --from=build /out/waypoint /usr/local/bin/waypoint
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/waypoint"]
 
-# The installer copies mesh-cni into the host's CNI bin directory (charts/cni).
-FROM runtime AS cni
-COPY --from=build /out/mesh-cni /out/mesh-cni-install /usr/local/bin/
-ENTRYPOINT ["/usr/local/bin/mesh-cni-install"]
+# The node agent copies mesh-cni into the host's CNI bin directory and installs each mesh pod's rules with
+# iptables inside the pod's namespace, so this image carries iptables (Debian's, nft backend).
+FROM debian:bookworm-slim AS cni
+RUN apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/mesh-cni /out/mesh-cni-agent /usr/local/bin/
+ENTRYPOINT ["/usr/local/bin/mesh-cni-agent"]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 /// The `.proto` files, relative to the `proto/` include directory.
 const PROTOS: &[&str] = &[
     "istio/workload/workload.proto",
+    "istio/workload/zds.proto",
     "istio/security/authorization.proto",
     "istio/v1/auth/ca.proto",
     "envoy/config/core/v3/base.proto",

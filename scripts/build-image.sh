@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bin_dir=${1:-target/release}
 oci=${2:-target/image/oci}
 command -v umoci >/dev/null || { echo "build-image: umoci not found: apt-get install umoci" >&2; exit 2; }
-for b in control ztunnel waypoint mesh-cni mesh-cni-install; do
+for b in control ztunnel waypoint mesh-cni mesh-cni-agent; do
   [ -x "$bin_dir/$b" ] || { echo "build-image: $bin_dir/$b missing: cargo build --release --bins" >&2; exit 2; }
 done
 work=$(mktemp -d)
@@ -23,7 +23,7 @@ images=(
   "control|control|65532:65532"
   "ztunnel|ztunnel|0:0"
   "waypoint|waypoint|65532:65532"
-  "cni|mesh-cni-install mesh-cni|0:0"
+  "cni|mesh-cni-agent mesh-cni|0:0"
 )
 for spec in "${images[@]}"; do
   IFS='|' read -r name bins user <<<"$spec"
@@ -41,6 +41,26 @@ for spec in "${images[@]}"; do
       cp -L "$lib" "$rootfs$lib"
     done
   done
+  if [ "$name" = cni ]; then
+    # The agent runs iptables(-restore) inside each pod's namespace: the node's own iptables build (nft or legacy
+    # multi-call binary), its libraries and its match/target modules.
+    multi=$(readlink -f "$(command -v iptables)")
+    mkdir -p "$rootfs/usr/sbin"
+    cp -L "$multi" "$rootfs/usr/sbin/"
+    for l in iptables iptables-restore iptables-save; do ln -sf "$(basename "$multi")" "$rootfs/usr/sbin/$l"; done
+    for lib in $(ldd "$multi" | grep -oE '/[^ ]+\.so[^ ]*'); do
+      mkdir -p "$rootfs$(dirname "$lib")"
+      cp -L "$lib" "$rootfs$lib"
+    done
+    for x in /usr/lib/*/xtables; do
+      mkdir -p "$rootfs$x"
+      cp -rL "$x/." "$rootfs$x/"
+      for lib in $(ldd "$x"/*.so 2>/dev/null | grep -v ':$' | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
+        mkdir -p "$rootfs$(dirname "$lib")"
+        cp -L "$lib" "$rootfs$lib"
+      done
+    done
+  fi
   entry=$(echo "$bins" | cut -d' ' -f1)
   umoci repack --image "$oci:$name" "$work/$name" >/dev/null
   umoci config --image "$oci:$name" --config.entrypoint "/usr/local/bin/$entry" --config.user "$user" \

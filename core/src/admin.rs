@@ -94,11 +94,25 @@ pub fn metrics_handler(registry: Arc<prometheus_client::registry::Registry>) -> 
 
 /// Kubernetes' readiness probe at `/healthz/ready` (Istio's path): 503 once draining, so endpoints drop the proxy.
 pub fn readiness_handler(drain: DrainWatch) -> Handler {
+    gated_readiness_handler(drain, Arc::new(|| None))
+}
+
+/// Says what a process still waits for before it is ready (`None`: nothing).
+pub type Pending = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// [`readiness_handler`] that also answers 503, naming the wait, while `pending` says so.
+pub fn gated_readiness_handler(drain: DrainWatch, pending: Pending) -> Handler {
     Arc::new(move |req| match req.uri.path() {
         "/healthz/ready" if drain.is_stopping() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        "/healthz/ready" => text(StatusCode::OK, "ready\n"),
+        "/healthz/ready" => match pending() {
+            Some(what) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("waiting for {what}\n"),
+            ),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
     })
 }

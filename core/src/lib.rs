@@ -25,6 +25,7 @@ pub mod process;
 pub mod socket;
 pub mod tls;
 pub mod workload;
+pub mod zds;
 
 /// Mark set on every socket the mesh opens, so the pod's redirection rules let them pass (Istio uses the same value).
 pub const MESH_SOCKET_MARK: u32 = 0x539;

@@ -5,7 +5,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -35,6 +37,44 @@ impl NetNs {
         Ok(Self { file, path })
     }
 
+    /// A namespace handed over as a descriptor (ZDS); named as `ls -l /proc/PID/ns/net` shows it.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let file = File::from(fd);
+        let inode = file.metadata()?.ino();
+        Ok(Self {
+            file,
+            path: PathBuf::from(format!("net:[{inode}]")),
+        })
+    }
+
+    /// The namespace's identity: two handles on one namespace share it.
+    pub fn inode(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.ino())
+    }
+
+    /// The addresses of the namespace's interfaces, without loopback and IPv6 link-local ones: a pod's IPs.
+    pub fn addresses(&self) -> io::Result<Vec<IpAddr>> {
+        self.run(|| -> io::Result<Vec<IpAddr>> {
+            let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+                .map_err(io::Error::from)?
+                .filter_map(|a| {
+                    let addr = a.address?;
+                    if let Some(v4) = addr.as_sockaddr_in() {
+                        return Some(IpAddr::V4(v4.ip()));
+                    }
+                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                })
+                .filter(|ip| match ip {
+                    IpAddr::V4(v4) => !v4.is_loopback(),
+                    IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+                })
+                .collect();
+            out.sort();
+            out.dedup();
+            Ok(out)
+        })?
+    }
+
     /// The namespace of `ip netns add NAME`.
     pub fn named(name: &str) -> io::Result<Self> {
         Self::open(Path::new("/run/netns").join(name))
@@ -53,5 +93,11 @@ impl NetNs {
         setns(back.as_fd(), CloneFlags::CLONE_NEWNET)
             .expect("returning a thread to its own network namespace cannot fail");
         Ok(out)
+    }
+}
+
+impl AsFd for NetNs {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }

@@ -12,6 +12,7 @@
 //! Modules mirror proto packages:
 //!
 //! * [`istio::workload`] — `Address`, `Workload`, `Service`, ... (WDS)
+//! * [`istio::workload::zds`] — the node agent ⇄ ztunnel protocol (ZDS)
 //! * [`istio::security`] — `Authorization` and its rules (L4 RBAC)
 //! * [`istio::v1::auth`] — `IstioCertificateService` (CA client/server)
 //! * [`envoy::service::discovery::v3`] — ADS, delta and state-of-the-world
@@ -52,6 +53,12 @@ pub mod istio {
     pub mod workload {
         #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
         tonic::include_proto!("istio.workload");
+
+        /// How the node agent hands pods to ztunnel (`istio.workload.zds`).
+        pub mod zds {
+            #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+            tonic::include_proto!("istio.workload.zds");
+        }
     }
 
     /// Authorization resources (`istio.security`).

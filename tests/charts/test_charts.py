@@ -37,6 +37,9 @@ K8S_VERSIONS = [OLDEST_K8S, NEWEST_K8S]
 
 # ztunnel's capabilities, each explained in charts/ztunnel/values.yaml.
 ZTUNNEL_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN"}
+# The node agent: setns into pods (SYS_ADMIN), iptables there (NET_ADMIN, NET_RAW), other processes' namespaces
+# under /host/proc (SYS_PTRACE).
+CNI_AGENT_CAPABILITIES = {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}
 
 # A non-default values set per chart: several replicas behind an HPA, monitoring on, another image and resources.
 CUSTOM_RESOURCES = {
@@ -405,7 +408,7 @@ def test_cni_daemonset() -> None:
         assert spec["priorityClassName"] == "system-node-critical"
         assert spec["tolerations"] == [{"operator": "Exists"}]
         (c,) = spec["containers"]
-        assert c["command"] == ["mesh-cni-install"]
+        assert c["command"] == ["mesh-cni-agent"]
         cni = values.get("cni", {"binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d"})
         host = {v["hostPath"]["path"]: v["name"] for v in spec["volumes"]}
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -416,6 +419,47 @@ def test_cni_daemonset() -> None:
         assert (env["MESH_CNI_BIN_DIR"], env["MESH_CNI_CONF_DIR"]) == (f"/host{cni['binDir']}", f"/host{cni['confDir']}")
         # The run directory the runtime's mesh-cni plugin writes into is the one ztunnel reads.
         assert env["ZTUNNEL_RUN_DIR"] == values.get("ztunnelRunDir", "/var/run/ztunnel")
+        # Kubernetes mode, with the host's /proc and namespace paths where the agent looks for pods.
+        assert (env["MESH_CNI_MODE"], env["MESH_CNI_INSTALL"]) == ("kubernetes", "true")
+        assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        assert mounts[host["/proc"]] == env["MESH_CNI_PROC_DIR"] == "/host/proc"
+        netns = values.get("netnsDir", "/var/run/netns")
+        assert mounts[host[netns]] == netns
+        assert spec["automountServiceAccountToken"] is True
+        caps = c["securityContext"]["capabilities"]
+        assert caps["drop"] == ["ALL"] and set(caps["add"]) == {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}
+        assert c["securityContext"]["privileged"] is False
+
+
+def test_cni_rbac_matches_the_agent_code() -> None:
+    """The agent reads Pods and Namespaces (watch, list, get) and writes nothing: exactly what its ClusterRole grants."""
+    kube_rs = rust_file_with("pub struct View {").read_text()
+    kinds = set(re.findall(r"Api::<(\w+)>", kube_rs))
+    assert kinds == {"Pod", "Namespace"}, kinds
+    assert "watcher::watcher(" in kube_rs and re.search(r"\.get(_opt)?\(", kube_rs)
+    assert not re.search(r"\.(create|patch|replace|delete)\(", kube_rs), "the agent writes to the API server"
+    objects = render("cni")
+    role = one(objects, "ClusterRole", "mesh-cni")
+    assert granted(role["rules"]) == {("", "pods"): {"get", "list", "watch"}, ("", "namespaces"): {"get", "list", "watch"}}
+    binding = one(objects, "ClusterRoleBinding", "mesh-cni")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mesh-cni", "namespace": NAMESPACE}]
+    assert binding["roleRef"]["name"] == "mesh-cni"
+
+
+@pytest.mark.parametrize("which", VALUE_SETS)
+def test_the_agent_accepts_what_the_cni_chart_sets(which: str) -> None:
+    values = values_for("cni", which)
+    (c,) = [c for _, c in containers(render("cni", values))]
+    env = {"PATH": os.environ.get("PATH", "")}
+    for name, value in env_of(c).items():
+        env[name] = value if isinstance(value, str) else DOWNWARD[value["fieldRef"]["fieldPath"]]
+    done = subprocess.run([str(binary(c["command"][0])), "--check-config", *c.get("args", [])], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    effective = json.loads(done.stdout)
+    assert (effective["mode"], effective["install"], effective["nodeName"]) == ("kubernetes", True, "node-1")
+    assert effective["runDir"] == values.get("ztunnelRunDir", "/var/run/ztunnel")
+    assert effective["procDir"] == "/host/proc"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -718,7 +762,8 @@ def test_no_container_is_privileged_and_capabilities_are_minimal(chart: str, whi
         assert sc.get("allowPrivilegeEscalation") is False, where
         assert sc["capabilities"]["drop"] == ["ALL"], where
         added = set(sc["capabilities"].get("add", []))
-        assert added == (ZTUNNEL_CAPABILITIES if chart == "ztunnel" else set()), f"{where} adds {added}"
+        expected = {"ztunnel": ZTUNNEL_CAPABILITIES, "cni": CNI_AGENT_CAPABILITIES}.get(chart, set())
+        assert added == expected, f"{where} adds {added}"
 
 
 def test_ztunnel_capabilities_are_the_documented_set() -> None:

@@ -3,12 +3,14 @@
 //! - an underlay namespace with a bridge joins the nodes (198.19.0.<n>/24);
 //! - each node is a namespace; its pods are namespaces attached to the node's bridge by the real CNI `bridge`
 //!   and `host-local` plugins (198.18.<n>.0/24), as a container runtime would;
-//! - each node runs a real `ztunnel`; mesh pods are enrolled by the real `mesh-cni` plugin (iptables inside the pod).
+//! - each node runs a real node agent (`mesh-cni-agent`) and a real `ztunnel`, which gets its pods from the agent
+//!   over ZDS; mesh pods are enrolled by the real `mesh-cni` plugin through the agent (iptables inside the pod).
 //!
 //! Everything is torn down on drop. Names carry a per-cluster prefix so tests run side by side.
 
 pub mod control;
 pub mod http;
+pub mod kube_api;
 pub mod net;
 pub mod waypoint;
 
@@ -213,12 +215,20 @@ pub struct Pod {
     enrolled: bool,
 }
 
+impl Pod {
+    /// The pod's uid, as the runtime passes it (K8S_POD_UID) and a mock API server would list it.
+    pub fn uid(&self) -> String {
+        format!("uid-{}", self.netns)
+    }
+}
+
 pub struct Node {
     pub name: String,
     pub netns: String,
     pub run_dir: PathBuf,
     pub config: PathBuf,
     ztunnel: Option<Child>,
+    agent: Option<Child>,
 }
 
 pub struct Cluster {
@@ -291,6 +301,7 @@ impl Cluster {
             c.start_control()?;
         }
         for i in 0..c.nodes.len() {
+            c.start_agent(i)?;
             c.start_ztunnel(i)?;
         }
         for i in 0..c.pods.len() {
@@ -405,6 +416,7 @@ impl Cluster {
             run_dir,
             config,
             ztunnel: None,
+            agent: None,
         });
         Ok(())
     }
@@ -453,8 +465,10 @@ impl Cluster {
             .env(
                 "CNI_ARGS",
                 format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                    pod.spec.namespace, pod.spec.name
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                    pod.spec.namespace,
+                    pod.spec.name,
+                    pod.uid()
                 ),
             )
             .stdin(Stdio::piped())
@@ -625,6 +639,45 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the node agent (`mesh-cni-agent`, local mode) of node `i`: ztunnel gets the node's pods from it.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("agent-n{}.log", i + 1)))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(bin("mesh-cni-agent")?)
+            .args(["--mode", "local", "--run-dir"])
+            .arg(&node.run_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.agent = Some(child);
+        let sock = node.run_dir.join("mesh-cni.sock");
+        poll("node agent to listen", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        })
+        .with_context(|| format!("agent log: {}", self.agent_log(i)))?;
+        Ok(())
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent-n{}.log", i + 1))).unwrap_or_default()
+    }
+
+    /// SIGKILL (crash) or SIGTERM the node's agent.
+    pub fn signal_agent(&mut self, i: usize, sig: nix::sys::signal::Signal) -> Option<Child> {
+        let child = self.nodes[i].agent.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        Some(child)
+    }
+
     pub fn ztunnel_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("ztunnel-n{}.log", i + 1)))
             .unwrap_or_default()
@@ -728,7 +781,7 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         for n in &mut self.nodes {
-            if let Some(mut c) = n.ztunnel.take() {
+            for mut c in [n.ztunnel.take(), n.agent.take()].into_iter().flatten() {
                 let _ = c.kill();
                 let _ = c.wait();
             }

@@ -68,9 +68,9 @@ fn each_image_runs_its_component_as_the_dockerfile_says() {
         ),
         (
             "cni",
-            "/usr/local/bin/mesh-cni-install",
+            "/usr/local/bin/mesh-cni-agent",
             0,
-            format!("mesh-cni-install {version}"),
+            format!("mesh-cni-agent {version}"),
         ),
     ];
     for (tag, entry, uid, expected) in cases {
@@ -104,25 +104,35 @@ fn each_image_runs_its_component_as_the_dockerfile_says() {
             "{tag} entrypoint"
         );
         assert_eq!(config["process"]["user"]["uid"], uid, "{tag} user");
-        config["process"]["args"] = serde_json::json!([entry, "--version"]);
-        config["process"]["terminal"] = false.into();
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let ran = Command::new("runc")
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(format!("mesh-image-test-{tag}-{}", std::process::id()))
-            .output()
-            .unwrap();
-        assert!(
-            ran.status.success(),
-            "{tag}: {}",
-            String::from_utf8_lossy(&ran.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&ran.stdout).trim(),
-            expected,
-            "{tag}"
-        );
+        let mut runs = vec![(vec![entry, "--version"], expected)];
+        if tag == "cni" {
+            // The agent installs each pod's rules with iptables inside the pod's namespace: it ships with it.
+            runs.push((
+                vec!["/usr/sbin/iptables-restore", "--version"],
+                "iptables-restore v".into(),
+            ));
+        }
+        for (n, (args, expected)) in runs.into_iter().enumerate() {
+            config["process"]["args"] = serde_json::json!(args);
+            config["process"]["terminal"] = false.into();
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let ran = Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("mesh-image-test-{tag}-{n}-{}", std::process::id()))
+                .output()
+                .unwrap();
+            assert!(
+                ran.status.success(),
+                "{tag} {args:?}: {}",
+                String::from_utf8_lossy(&ran.stderr)
+            );
+            let out = String::from_utf8_lossy(&ran.stdout);
+            assert!(
+                out.trim().starts_with(&expected),
+                "{tag} {args:?}: {out:?}, expected {expected:?}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
 }

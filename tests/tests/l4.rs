@@ -379,3 +379,51 @@ fn hostile_bytes_on_every_port_do_not_crash_ztunnel() {
         out.status
     );
 }
+
+#[test]
+fn agent_restart_replays_its_pods_and_drops_only_what_it_no_longer_holds() {
+    require_netns!();
+    let mut c = two_nodes();
+    let (client_ns, dst) = (
+        c.pod("client").netns.clone(),
+        SocketAddr::new(c.pod("server").ip, 8080),
+    );
+    assert_eq!(exchange(&client_ns, dst, b"before").unwrap(), b"before");
+    let zt_before = c.ztunnel_log(0).len();
+    c.signal_agent(0, nix::sys::signal::Signal::SIGKILL)
+        .unwrap()
+        .wait()
+        .unwrap();
+    // Enrolled pods do not depend on the agent being up.
+    assert_eq!(
+        exchange(&client_ns, dst, b"agent-down").unwrap(),
+        b"agent-down"
+    );
+    // The neighbour's record disappears while the agent is down, as for a pod deleted meanwhile.
+    let record = c.nodes[0]
+        .run_dir
+        .join("pods")
+        .join(format!("{}.json", c.pod("neighbour").uid()));
+    std::fs::remove_file(&record).unwrap();
+    c.start_agent(0).unwrap();
+    let names = |c: &Cluster| -> Vec<String> {
+        c.config_dump(0).unwrap()["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect()
+    };
+    poll(
+        "ztunnel to drop the pod missing from the snapshot",
+        Duration::from_secs(20),
+        || (names(&c) == ["client"]).then_some(()),
+    )
+    .unwrap();
+    assert_eq!(exchange(&client_ns, dst, b"after").unwrap(), b"after");
+    let log = c.ztunnel_log(0);
+    assert!(
+        !log[zt_before..].contains("pod enrolled"),
+        "the snapshot re-enrolled a pod ztunnel already served:\n{log}"
+    );
+}

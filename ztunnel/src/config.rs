@@ -23,7 +23,7 @@ pub struct Config {
     pub dev_ca_dir: Option<PathBuf>,
     /// The control plane: certificates from its CA and workloads over delta xDS (instead of the two above).
     pub control_plane: Option<ControlPlane>,
-    /// Where the node agent leaves enrolled pods and the socket it nudges ztunnel on (env `ZTUNNEL_RUN_DIR`).
+    /// Where the node agent's ZDS socket `ztunnel.sock` is (env `ZTUNNEL_RUN_DIR`).
     pub run_dir: PathBuf,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -122,12 +122,9 @@ impl Config {
         Ok(())
     }
 
+    /// The node agent's ZDS socket (Istio's path under its default run directory).
     pub fn socket_path(&self) -> PathBuf {
         self.run_dir.join("ztunnel.sock")
-    }
-
-    pub fn pods_dir(&self) -> PathBuf {
-        self.run_dir.join("pods")
     }
 }
 

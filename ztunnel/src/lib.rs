@@ -1,12 +1,10 @@
 //! ztunnel: the per-node L4 proxy of the ambient mesh.
 //!
 //! One process serves every enrolled pod of its node. For each pod it opens listeners inside the pod's network
-//! namespace ([`proxy`]); the node agent ([`cni`]) redirects the pod's TCP to them with iptables. State comes from
+//! namespace ([`proxy`]); the node agent (crate `mesh-cni`) redirects the pod's TCP to them with iptables and hands the pod over with ZDS ([`inpod`]). State comes from
 //! a local file ([`state`]) and certificates from the development CA ([`identity`]).
 
 pub mod admin;
-pub mod cni;
-pub mod cni_install;
 pub mod config;
 pub mod inpod;
 pub mod metrics;
@@ -20,7 +18,6 @@ use mesh_core::certs::{CertManager, Issuer};
 use mesh_core::drain::{Drain, DrainOutcome};
 use mesh_core::workload::{state, xds};
 use prometheus_client::registry::Registry;
-use tokio::net::UnixListener;
 
 use crate::config::Config;
 use crate::inpod::Pods;
@@ -108,20 +105,14 @@ impl Ztunnel {
             }
         });
         let pods = Arc::new(Pods::new(ctx.clone()));
-        for e in pods.reconcile() {
-            tracing::error!(error = %e, "pod not enrolled at start");
-        }
-        let sock_path = cfg.socket_path();
-        let _ = std::fs::remove_file(&sock_path);
-        let sock =
-            UnixListener::bind(&sock_path).map_err(|source| mesh_core::admin::ListenError {
-                what: "node agent socket",
-                addr: sock_path.display().to_string(),
+        inpod::zds::spawn(pods.clone(), cfg.socket_path(), drain.watch()).map_err(|source| {
+            mesh_core::admin::ListenError {
+                what: "node agent client thread",
+                addr: cfg.socket_path().display().to_string(),
                 source,
-            })?;
-        tokio::spawn(pods.clone().serve_socket(sock));
-        // Records written while ztunnel was down, or without a nudge, are picked up here; certificates of
-        // enrolled pods are fetched ahead of their first connection and renewed at half-life.
+            }
+        })?;
+        // Certificates of enrolled pods are fetched ahead of their first connection and renewed at half-life.
         let periodic = pods.clone();
         let (w, c) = (drain.watch(), ctx.clone());
         tokio::spawn(async move {
@@ -133,7 +124,6 @@ impl Ztunnel {
                 }
                 c.certs.renew_due().await;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                periodic.reconcile();
             }
         });
 
@@ -151,7 +141,14 @@ impl Ztunnel {
             (
                 "readiness",
                 cfg.readiness_addr,
-                mesh_core::admin::readiness_handler(ctx.drain.clone()),
+                mesh_core::admin::gated_readiness_handler(ctx.drain.clone(), {
+                    let (p, sock) = (pods.clone(), cfg.socket_path());
+                    Arc::new(move || {
+                        (!p.synced()).then(|| {
+                            format!("the node agent's pods (ZDS socket {})", sock.display())
+                        })
+                    })
+                }),
             ),
         ];
         mesh_core::admin::serve_all(servers, &drain.watch()).await?;

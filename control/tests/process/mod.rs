@@ -40,10 +40,16 @@ fn free_port() -> SocketAddr {
 
 /// Starts `control` on `dir/cluster` (which the caller fills first), with node1's bootstrap token.
 pub fn start(dir: &Path) -> Control {
+    start_replica(dir, "control")
+}
+
+/// Starts a replica named `name` (its config `dir/<name>.yaml`) on the same cluster directory and CA as others.
+pub fn start_replica(dir: &Path, name: &str) -> Control {
     let (grpc, monitoring) = (free_port(), free_port());
     std::fs::write(dir.join("token"), "node-one-token\n").unwrap();
+    let config = dir.join(format!("{name}.yaml"));
     std::fs::write(
-        dir.join("control.yaml"),
+        &config,
         format!(
             "configDir: {d}/cluster\ncaDir: {d}/ca\ngrpcAddr: {grpc}\nmonitoringAddr: {monitoring}\nnodeTokens: [{{node: node1, tokenFile: {d}/token}}]\n",
             d = dir.display()
@@ -52,7 +58,7 @@ pub fn start(dir: &Path) -> Control {
     .unwrap();
     let process = Command::new(env!("CARGO_BIN_EXE_control"))
         .arg("--config")
-        .arg(dir.join("control.yaml"))
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,11 +1,12 @@
-//! Chained CNI plugin that enrolls a pod in the mesh (see `ztunnel::cni`).
+//! Chained CNI plugin that asks the node agent to enroll a pod (see `mesh_cni::plugin`).
 
 use std::io::Read;
 
 fn main() {
     let mut stdin = String::new();
     let _ = std::io::stdin().read_to_string(&mut stdin);
-    let result = ztunnel::cni::CniEnv::from_env().and_then(|env| ztunnel::cni::run(&env, &stdin));
+    let result =
+        mesh_cni::plugin::CniEnv::from_env().and_then(|env| mesh_cni::plugin::run(&env, &stdin));
     match result {
         Ok(out) => print!("{out}"),
         Err(e) => {

@@ -1,4 +1,4 @@
-//! `mesh-cni-install` as the cni chart's DaemonSet runs it: installs and chains the plugin, chains it again when
+//! `mesh-cni-agent --install` as the cni chart's DaemonSet runs it: installs and chains the plugin, chains it again when
 //! another agent rewrites the node's CNI config, and on SIGTERM leaves the config byte-identical and exits 0.
 
 use std::path::Path;
@@ -28,7 +28,9 @@ fn installs_keeps_chained_and_removes_itself_on_sigterm() {
     std::fs::create_dir_all(&net).unwrap();
     let conf = net.join("10-bridge.conflist");
     std::fs::write(&conf, CONFLIST).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-cni-install"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-cni-agent"))
+        .env("MESH_CNI_INSTALL", "true")
+        .env("ZTUNNEL_RUN_DIR", root.join("run"))
         .env("MESH_CNI_PLUGIN", env!("CARGO_BIN_EXE_mesh-cni"))
         .env("MESH_CNI_BIN_DIR", &bin)
         .env("MESH_CNI_CONF_DIR", &net)
