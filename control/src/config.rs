@@ -78,8 +78,12 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `/metrics`, `/ready`, `/debug/config_dump`, `/debug/analyze` (env `MONITORING_ADDR`).
     pub monitoring_addr: SocketAddr,
+    /// Lifetime of the certificates the CA issues to proxies.
     #[serde(with = "duration")]
     pub certificate_ttl: Duration,
+    /// Lifetime of the control plane's own serving certificate on 15012, renewed at half-life.
+    #[serde(with = "duration")]
+    pub serving_certificate_ttl: Duration,
     #[serde(with = "duration")]
     pub poll_interval: Duration,
     /// Quiet time after a change before pushing, so a burst of edits makes one push.
@@ -107,6 +111,7 @@ impl Default for Config {
             grpc_addr: "0.0.0.0:15012".parse().expect("static address"),
             monitoring_addr: "0.0.0.0:15014".parse().expect("static address"),
             certificate_ttl: Duration::from_secs(24 * 3600),
+            serving_certificate_ttl: Duration::from_secs(24 * 3600),
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             node_tokens: Vec::new(),
@@ -151,6 +156,9 @@ impl Config {
         }
         if self.certificate_ttl < Duration::from_secs(60) {
             return invalid("certificateTtl", "must be at least 1m".into());
+        }
+        if self.serving_certificate_ttl < Duration::from_secs(2) {
+            return invalid("servingCertificateTtl", "must be at least 2s".into());
         }
         for (i, t) in self.node_tokens.iter().enumerate() {
             if t.node.is_empty() {

@@ -20,5 +20,6 @@ pub mod kube;
 pub mod leader;
 pub mod root_cert;
 pub mod server;
+pub mod serving;
 pub mod token_review;
 pub mod xds;

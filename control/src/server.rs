@@ -44,6 +44,8 @@ pub enum StartError {
     Kube(kube::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serving(#[from] crate::serving::ServingError),
 }
 
 /// How long a stopping control plane lets its gRPC calls finish (streams end at once, with UNAVAILABLE).
@@ -162,7 +164,8 @@ pub async fn run(
         })?;
     }
     let id = Identity::new(&cfg.trust_domain, CONTROL_SA.0, CONTROL_SA.1);
-    let (cert_pem, key_pem) = ca.issue_serving(&id, CONTROL_DNS, cfg.certificate_ttl)?;
+    let serving =
+        crate::serving::ServingCert::new(ca.clone(), id, CONTROL_DNS, cfg.serving_certificate_ttl)?;
 
     let mut registry = Registry::default();
     let auth: Arc<dyn crate::ca::Authenticator> = match &kube_client {
@@ -254,18 +257,25 @@ pub async fn run(
         version = status.load().version,
         "first config published; serving"
     );
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: format!("{} (grpcAddr, env GRPC_ADDR)", cfg.grpc_addr),
+            source,
+        })?;
+    tokio::spawn(serving.clone().rotate(stopping.clone()));
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
     let stop = stopping.clone();
     let serve = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(IstioCertificateServiceServer::new(ca_service))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
-        .serve_with_shutdown(cfg.grpc_addr, async move {
-            shutdown.await;
-            stop.cancel();
-        });
+        .serve_with_incoming_shutdown(
+            crate::serving::incoming(grpc, serving.acceptor()),
+            async move {
+                shutdown.await;
+                stop.cancel();
+            },
+        );
     // Streams end at once when stopping; anything still open after the drain deadline is dropped with the process.
     tokio::select! {
         served = serve => served?,

@@ -45,13 +45,18 @@ pub fn start(dir: &Path) -> Control {
 
 /// Starts a replica named `name` (its config `dir/<name>.yaml`) on the same cluster directory and CA as others.
 pub fn start_replica(dir: &Path, name: &str) -> Control {
+    start_with(dir, name, "")
+}
+
+/// [`start_replica`] with `extra` appended to its config file.
+pub fn start_with(dir: &Path, name: &str, extra: &str) -> Control {
     let (grpc, monitoring) = (free_port(), free_port());
     std::fs::write(dir.join("token"), "node-one-token\n").unwrap();
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "configDir: {d}/cluster\ncaDir: {d}/ca\ngrpcAddr: {grpc}\nmonitoringAddr: {monitoring}\nnodeTokens: [{{node: node1, tokenFile: {d}/token}}]\n",
+            "configDir: {d}/cluster\ncaDir: {d}/ca\ngrpcAddr: {grpc}\nmonitoringAddr: {monitoring}\nnodeTokens: [{{node: node1, tokenFile: {d}/token}}]\n{extra}",
             d = dir.display()
         ),
     )
