@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
 mod inject;
+mod install;
 use mesh_model::{
     self as model, Kind, ObjectKey, Severity, LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR,
     WAYPOINT_CLASS,
@@ -56,11 +57,37 @@ enum Command {
     /// Print the mesh's CustomResourceDefinitions as multi-document YAML (for a chart's `crds/` folder:
     /// `meshctl crds > charts/base/crds/crds.yaml`).
     Crds,
+    /// Print the whole mesh (CRDs, control plane, node agent, ztunnel) as the charts render it with `helm
+    /// install`, for `meshctl install | kubectl apply -f -`. Values: each chart's values.yaml, then --set.
+    Install(InstallArgs),
+    /// Print what `install` created, for `meshctl uninstall | kubectl delete -f -`. Keeps the CRDs (and so every
+    /// VirtualService, DestinationRule, ...) and the namespace unless --purge.
+    Uninstall {
+        #[command(flatten)]
+        args: InstallArgs,
+        /// Also delete the CRDs (with every object of those kinds) and the namespace.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Manage waypoints (L7 proxies for a namespace's services).
     Waypoint {
         #[command(subcommand)]
         command: WaypointCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// The namespace the mesh runs in (Istio's root namespace).
+    #[arg(short, long, default_value = "istio-system")]
+    namespace: String,
+    /// A chart value, CHART.KEY=VALUE (charts: base, control, cni, ztunnel), e.g. --set ztunnel.logLevel=debug.
+    /// Repeat it or separate with commas.
+    #[arg(long = "set", value_name = "CHART.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Like --set, but the value is always a string (`--set-string control.resources.limits.cpu=3`).
+    #[arg(long = "set-string", value_name = "CHART.KEY=VALUE")]
+    set_strings: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +153,8 @@ fn main() -> ExitCode {
         Command::Inject => run_inject(),
         Command::Analyze { dir } => analyze(&dir),
         Command::Crds => crds(),
+        Command::Install(args) => run_install(&args, None),
+        Command::Uninstall { args, purge } => run_install(&args, Some(purge)),
         Command::Waypoint {
             command: WaypointCommand::Apply(args),
         } => waypoint_apply(&args),
@@ -180,18 +209,38 @@ fn run_inject() -> ExitCode {
     }
 }
 
+/// `purge`: `None` installs, `Some(_)` uninstalls.
+fn run_install(args: &InstallArgs, purge: Option<bool>) -> ExitCode {
+    match install::render(&args.namespace, &args.sets, &args.set_strings) {
+        Ok(manifests) => {
+            let text = match purge {
+                None => install::install_text(&manifests),
+                Some(purge) => install::uninstall_text(&manifests, purge),
+            };
+            write_stdout(&text, "the manifests")
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing written");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`meshctl crds | head`) is the reader's choice, not an error.
+fn write_stdout(text: &str, what: &str) -> ExitCode {
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn crds() -> ExitCode {
     match mesh_model::crds::to_yaml() {
-        // A closed pipe (`meshctl crds | head`) is the reader's choice, not an error worth a panic.
-        Ok(yaml) => match std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: writing the CRDs: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Ok(yaml) => write_stdout(&yaml, "the CRDs"),
         Err(e) => {
             eprintln!("error: serializing the CRDs: {e}");
             ExitCode::FAILURE

@@ -97,10 +97,11 @@ def values_for(chart: str, which: str) -> dict[str, Any]:
     return {} if which == "default" else copy.deepcopy(CUSTOM_VALUES[chart])
 
 
-def render(chart: str, values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+def render(chart: str, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+           release: str | None = None) -> list[dict[str, Any]]:
     """Every object the chart's templates render (CRDs under crds/ are not templates: see `crds`)."""
     with helm.Chart.load(CHARTS / chart) as c:
-        manifests = c.render(values or {}, name=chart, namespace=namespace, is_install=True)
+        manifests = c.render(values or {}, name=release or chart, namespace=namespace, is_install=True)
     objects = []
     for path, text in sorted(manifests.items()):
         if path.endswith("NOTES.txt"):
@@ -584,6 +585,80 @@ def meshctl() -> Path:
     return path
 
 
+def set_flags(chart: str, values: dict[str, Any], prefix: str = "") -> list[str]:
+    """`values` as meshctl's flags, as one would pass them to `helm install`: --set CHART.KEY=VALUE (lists as
+    {a,b} or KEY[i].SUB=VALUE), --set-string for strings (so "3" stays a string)."""
+    def text(v: Any) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else str(v)
+    out: list[str] = []
+    for k, v in values.items():
+        key = prefix + k.replace(".", "\\.")
+        if isinstance(v, dict):
+            out += set_flags(chart, v, key + ".")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out += set_flags(chart, x, f"{key}[{i}].")
+        elif isinstance(v, list):
+            out += ["--set", f"{chart}.{key}={{{','.join(text(x) for x in v)}}}"]
+        elif isinstance(v, str):
+            out += ["--set-string", f"{chart}.{key}={v}"]
+        else:
+            out += ["--set", f"{chart}.{key}={text(v)}"]
+    return out
+
+
+def keyed(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    out = {}
+    for o in objects:
+        labels = o["metadata"].get("labels", {})
+        # The one intended difference: who manages the objects.
+        if labels.get("app.kubernetes.io/managed-by") in ("Helm", "meshctl"):
+            labels["app.kubernetes.io/managed-by"] = "<installer>"
+        for tmpl in [o.get("spec", {}).get("template", {})]:
+            t_labels = tmpl.get("metadata", {}).get("labels", {})
+            if t_labels.get("app.kubernetes.io/managed-by") in ("Helm", "meshctl"):
+                t_labels["app.kubernetes.io/managed-by"] = "<installer>"
+        key = (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        assert key not in out, f"{key} twice"
+        out[key] = o
+    return out
+
+
+@pytest.mark.parametrize("which", VALUE_SETS)
+def test_meshctl_install_renders_what_helm_renders(which: str) -> None:
+    """One source of truth: `meshctl install` renders the charts themselves; with the same values it prints the
+    very objects the real Helm engine renders for `helm install mesh-<chart> charts/<chart>`, and the namespace."""
+    args = [f for chart in ("control", "cni", "ztunnel") for f in set_flags(chart, values_for(chart, which))]
+    done = subprocess.run([meshctl(), "install", *args], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    ours = keyed([d for d in yaml.safe_load_all(done.stdout) if d])
+    helm_objects = crds() + [o for chart in ("control", "cni", "ztunnel")
+                             for o in render(chart, values_for(chart, which), release=f"mesh-{chart}")]
+    theirs = keyed(helm_objects)
+    assert ours.pop(("Namespace", "", NAMESPACE)) == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert ours[key] == theirs[key], key
+    # Applied in an order kubectl can follow: the namespace, then the CRDs, then everything else.
+    kinds = [d["kind"] for d in yaml.safe_load_all(done.stdout) if d]
+    assert kinds[0] == "Namespace" and set(kinds[1:10]) == {"CustomResourceDefinition"}
+
+
+def test_meshctl_install_rejects_a_typo_and_uninstall_keeps_the_crds() -> None:
+    done = subprocess.run([meshctl(), "install", "--set", "cni.cni.binDri=/x"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "chart cni" in done.stderr and "binDri" in done.stderr, done.stderr
+    install = [d for d in yaml.safe_load_all(subprocess.run([meshctl(), "install"], capture_output=True, text=True,
+                                                             check=True).stdout) if d]
+    gone = [d for d in yaml.safe_load_all(subprocess.run([meshctl(), "uninstall"], capture_output=True, text=True,
+                                                          check=True).stdout) if d]
+    kept = [o for o in install if o["kind"] not in ("CustomResourceDefinition", "Namespace")]
+    assert gone == list(reversed(kept))
+    purged = [d for d in yaml.safe_load_all(subprocess.run([meshctl(), "uninstall", "--purge"], capture_output=True,
+                                                            text=True, check=True).stdout) if d]
+    assert purged == list(reversed(install))
+
+
 def test_base_crds_equal_meshctl_crds() -> None:
     out = subprocess.run([meshctl(), "crds"], capture_output=True, check=True, cwd=REPO).stdout
     vendored = (CHARTS / "base" / "crds" / "crds.yaml").read_bytes()
@@ -857,6 +932,24 @@ def set_values(args: list[str]) -> dict[str, Any]:
                 node = node.setdefault(k, {})
             node[last] = {"true": True, "false": False}.get(value, value)
     return values
+
+
+def test_the_readme_meshctl_install_commands_work() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Install on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n")[2].split("```", 1)[0]
+    commands = [line.split("|")[0].split() for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["meshctl", "install"], ["meshctl", "uninstall"]], commands
+    rendered = []
+    for words in commands:
+        done = subprocess.run([str(binary("meshctl")), *words[1:]], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        rendered.append([d for d in yaml.safe_load_all(done.stdout) if d])
+    installed, deleted = rendered
+    images = [c["image"] for o in installed if o["kind"] in ("Deployment", "DaemonSet")
+              for c in o["spec"]["template"]["spec"]["containers"]]
+    assert len(images) == 3 and all(i.startswith("registry.example/mesh/") for i in images), images
+    assert {o["kind"] for o in deleted} & {"CustomResourceDefinition", "Namespace"} == set()
 
 
 def test_every_install_command_in_the_readme_works(tmp_path: Path) -> None:
