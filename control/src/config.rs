@@ -81,6 +81,8 @@ pub struct Config {
     /// Lifetime of the certificates the CA issues to proxies.
     #[serde(with = "duration")]
     pub certificate_ttl: Duration,
+    /// Open connections on the gRPC port (handshaking or established) beyond which new ones are closed at once.
+    pub max_connections: usize,
     /// Lifetime of the control plane's own serving certificate on 15012, renewed at half-life.
     #[serde(with = "duration")]
     pub serving_certificate_ttl: Duration,
@@ -112,6 +114,7 @@ impl Default for Config {
             monitoring_addr: "0.0.0.0:15014".parse().expect("static address"),
             certificate_ttl: Duration::from_secs(24 * 3600),
             serving_certificate_ttl: Duration::from_secs(24 * 3600),
+            max_connections: 16384,
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             node_tokens: Vec::new(),
@@ -156,6 +159,9 @@ impl Config {
         }
         if self.certificate_ttl < Duration::from_secs(60) {
             return invalid("certificateTtl", "must be at least 1m".into());
+        }
+        if self.max_connections == 0 {
+            return invalid("maxConnections", "must be at least 1".into());
         }
         if self.serving_certificate_ttl < Duration::from_secs(2) {
             return invalid("servingCertificateTtl", "must be at least 2s".into());

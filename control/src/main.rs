@@ -28,6 +28,8 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Every proxy holds a connection; a node-sized fleet needs more than the usual 1,024 descriptors.
+    mesh_core::socket::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -190,6 +190,12 @@ pub async fn run(
     let mut first_config = snap_rx.clone();
     let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry))
         .with_stop(stopping.clone());
+    let refused_connections = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "mesh_control_connections_refused",
+        "Connections to the gRPC port closed at once because maxConnections were open",
+        refused_connections.clone(),
+    );
     let rejected = Gauge::<i64>::default();
     registry.register(
         "mesh_config_rejected_objects",
@@ -270,7 +276,12 @@ pub async fn run(
         .add_service(IstioCertificateServiceServer::new(ca_service))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .serve_with_incoming_shutdown(
-            crate::serving::incoming(grpc, serving.acceptor()),
+            crate::serving::incoming(
+                grpc,
+                serving.acceptor(),
+                cfg.max_connections,
+                refused_connections,
+            ),
             async move {
                 shutdown.await;
                 stop.cancel();

@@ -124,24 +124,88 @@ fn issue(
     )?)
 }
 
-/// Accepted TLS connections for tonic; each handshake runs on its own, so a slow or silent client holds up no one.
+/// A TLS connection holding one of the connection slots until it closes.
+pub struct Conn {
+    tls: TlsStream<TcpStream>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Accepted TLS connections for tonic. Each handshake runs on its own and must finish within
+/// [`HANDSHAKE_TIMEOUT`], so idle or slow clients hold up no one and are closed; at most `max_connections`
+/// (handshaking or established) are open, beyond which a new connection is closed at once (counted in `refused`).
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    max_connections: usize,
+    refused: prometheus_client::metrics::counter::Counter,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
         let mut backoff = mesh_core::socket::accept_backoff();
+        let mut last_refusal_log = std::time::Instant::now() - Duration::from_secs(60);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = tx.closed() => return,
                 a = mesh_core::socket::accept_retrying("control gRPC", &mut backoff, || listener.accept()) => a,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused.inc();
+                // One line a minute at most: a flood must not become a flood of logs.
+                if last_refusal_log.elapsed() > Duration::from_secs(60) {
+                    tracing::warn!(max_connections, "connection limit reached; refusing new connections (counted in mesh_control_connections_refused_total)");
+                    last_refusal_log = std::time::Instant::now();
+                }
+                drop(tcp);
+                continue;
+            };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(Conn { tls, _slot: slot })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
