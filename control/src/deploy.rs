@@ -2,7 +2,8 @@
 //! named after the Gateway (the waypoint's identity), a Deployment running the `waypoint` image, and a Service
 //! (labelled with the Gateway's name, so the workload API gives the Service's VIP as the waypoint address).
 //! Objects are server-side applied (field manager `mesh-control`) only when their content changes, and deleted
-//! when their Gateway goes away.
+//! when their Gateway goes away; each is owned by its Gateway (`ownerReferences`), so Kubernetes' garbage collector
+//! also removes those of a Gateway deleted while no control plane was running.
 
 use std::collections::BTreeMap;
 
@@ -46,7 +47,15 @@ fn labels(gw: &str) -> serde_json::Value {
 /// The three objects of one waypoint, as (api resource, object).
 pub fn manifests(gw: &Gateway, d: &WaypointDeployment) -> Vec<(ApiResource, serde_json::Value)> {
     let (ns, name) = (gw.metadata.namespace.as_str(), gw.metadata.name.as_str());
-    let meta = serde_json::json!({"name": name, "namespace": ns, "labels": labels(name)});
+    let mut meta = serde_json::json!({"name": name, "namespace": ns, "labels": labels(name)});
+    // Owned by the Gateway: Kubernetes' garbage collector removes them with it, even when the Gateway is deleted
+    // while no control plane runs. (No blockOwnerDeletion: it would need rights on gateways/finalizers.)
+    if !gw.metadata.uid.is_empty() {
+        meta["ownerReferences"] = serde_json::json!([{
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "name": name, "uid": gw.metadata.uid, "controller": true,
+        }]);
+    }
     let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta});
     let env = serde_json::json!([
         {"name": "WAYPOINT_NAME", "value": name},

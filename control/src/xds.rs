@@ -173,8 +173,8 @@ struct TypeState {
     names: BTreeSet<String>,
     /// What the client has: name → version.
     sent: HashMap<String, String>,
-    /// Nonce of the last response and when its config change was observed.
-    pending: Option<(String, Instant)>,
+    /// Nonce of the last response and when its config change was observed (`None`: the first response).
+    pending: Option<(String, Option<Instant>)>,
 }
 
 impl TypeState {
@@ -259,7 +259,7 @@ impl Conn {
                 self.metrics.rejects.get_or_create(&labels).inc();
                 tracing::warn!(peer = %self.peer, r#type = %labels.r#type, nonce = %req.response_nonce, error = %err.message, "xDS NACK");
             } else if matches {
-                if let Some((_, observed)) = state.pending.take() {
+                if let Some((_, Some(observed))) = state.pending.take() {
                     self.metrics
                         .convergence
                         .observe(observed.elapsed().as_secs_f64());
@@ -324,7 +324,9 @@ impl Conn {
         }
         self.nonce += 1;
         let nonce = format!("{}-{}", snap.version, self.nonce);
-        state.pending = Some((nonce.clone(), snap.observed));
+        // A stream's first response carries the config as it is, not a change: it has no convergence time (its
+        // age would say how long the config sat unchanged before this proxy connected).
+        state.pending = Some((nonce.clone(), (!always).then_some(snap.observed)));
         let labels = TypeLabels {
             r#type: short_type(type_url),
         };

@@ -27,6 +27,8 @@ const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/istio-system/lease
 struct Store {
     lease: Option<serde_json::Value>,
     version: u64,
+    /// Every object applied: (path, its ownerReferences).
+    owners: Vec<(String, serde_json::Value)>,
 }
 
 fn reply(code: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -73,6 +75,8 @@ async fn api_server(mut handle: Handle, store: Arc<Mutex<Store>>, applied: Arc<A
             ("PATCH", p) if p.starts_with("/api") && p.contains("/namespaces/shop/") => {
                 applied.fetch_add(1, Ordering::AcqRel);
                 let mut obj: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                s.owners
+                    .push((p.to_string(), obj["metadata"]["ownerReferences"].clone()));
                 obj["metadata"]["resourceVersion"] = "1".into();
                 reply(StatusCode::OK, obj)
             }
@@ -135,7 +139,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 fn waypoint_config() -> mesh_control::kube::Latest {
     let (objects, diags) = load_str(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop, uid: gw-uid-1}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n",
         None,
     );
     assert!(diags.is_empty(), "{diags:?}");
@@ -166,6 +170,18 @@ async fn only_the_lease_holder_writes_and_a_stop_hands_over() {
         0,
         "a follower never writes"
     );
+    // The waypoint's objects are owned by their Gateway (garbage-collected with it); the root ConfigMap is not.
+    let owner = serde_json::json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "name": "waypoint", "uid": "gw-uid-1", "controller": true}]);
+    let owners = store.lock().unwrap().owners.clone();
+    assert_eq!(owners.len(), 4, "{owners:?}");
+    for (path, refs) in &owners {
+        if path.contains("/configmaps/") {
+            assert!(refs.is_null(), "{path}: {refs}");
+        } else {
+            assert_eq!(refs, &owner, "{path}");
+        }
+    }
 
     // A graceful stop gives the Lease up: b takes over well before it would expire, and takes up the work.
     a.stop.cancel();

@@ -24,11 +24,14 @@ pub const LABEL_WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 /// ztunnel serves it, so the node is named by this annotation on the WorkloadEntry's metadata.
 pub const ANNOTATION_NODE: &str = "mesh.io/node";
 
-/// The part of Kubernetes `metadata` this mesh uses. Other fields (uid, resourceVersion, ...) are ignored.
+/// The part of Kubernetes `metadata` this mesh uses. Other fields (resourceVersion, ...) are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
+    /// Kubernetes' uid (Kubernetes mode): what owner references name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// Empty for cluster-scoped kinds (Namespace); the loader sets `default` for namespaced kinds that omit it.
     pub namespace: String,
     pub labels: BTreeMap<String, String>,

@@ -1,0 +1,62 @@
+//! `pilot_proxy_convergence_time` measures how long a change takes to reach a proxy, not how old the config is
+//! when a proxy connects: a proxy that connects after the config sat unchanged records nothing for its first
+//! response, and a change pushed to it afterwards records about the push time. Real binary, loopback.
+
+mod process;
+
+use std::time::{Duration, Instant};
+
+use process::Recording;
+
+fn wait(what: &str, f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn convergence_counts_pushed_changes_only() {
+    let dir = std::env::temp_dir().join(format!("mesh-control-convergence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("cluster")).unwrap();
+    std::fs::write(
+        dir.join("cluster/namespace.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
+    )
+    .unwrap();
+    let control = process::start(&dir);
+    wait("ready", || {
+        control.get("/ready").is_some_and(|(c, _)| c == 200)
+    });
+    // The config ages while nobody is connected (deliberately: this is what the old metric reported).
+    std::thread::sleep(Duration::from_secs(2));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = Recording::default();
+    rt.spawn(mesh_core::control::run_xds(
+        control.plane(),
+        process::node("node1"),
+        proxy.clone(),
+    ));
+    wait("the first response", || !proxy.0.lock().unwrap().is_empty());
+    // Its ACK arrives right after; give it the time to be processed, then nothing must be recorded.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        control.metric("pilot_proxy_convergence_time_count"),
+        Some(0.0),
+        "a first response is not a convergence"
+    );
+    std::fs::write(
+        dir.join("cluster/pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",
+    )
+    .unwrap();
+    wait("the change's convergence", || {
+        control.metric("pilot_proxy_convergence_time_count") == Some(1.0)
+    });
+    let sum = control.metric("pilot_proxy_convergence_time_sum").unwrap();
+    assert!(sum < 1.0, "one pushed change took {sum} s to converge");
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
