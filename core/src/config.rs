@@ -30,7 +30,7 @@ pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
     })?;
     mesh_primitives::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason: mesh_primitives::suggest::explain_unknown_field(&e.to_string()),
     })
 }
 

@@ -6,6 +6,8 @@ pub fn init_tracing() {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colour only for a person at a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 }
 
@@ -24,4 +26,20 @@ pub async fn shutdown_signal() {
         }
     }
     tracing::info!("shutdown requested");
+}
+
+/// A fatal error as one line: the error, then each cause after a colon, skipping a cause whose text the line
+/// already holds (many errors repeat their source in their own message).
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }

@@ -58,6 +58,29 @@ fn an_invalid_object_fails_with_kind_name_field_and_reason() {
 }
 
 #[test]
+fn a_typo_is_an_error_with_a_suggestion_not_a_silent_drop() {
+    // The three typos: STRICT would be dropped, the weights would sum to 10, the kind would be skipped.
+    let dir = temp_dir(
+        "typos",
+        &[
+            ("pa.yaml", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mod: STRICT}}\n"),
+            ("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {host: web}\n      weigth: 90\n    - destination: {host: web}\n      weight: 10\n"),
+            ("kind.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualServce\nmetadata: {name: web2}\nspec: {hosts: [web]}\n"),
+        ],
+    );
+    let (code, out) = analyze(&dir);
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        "error: PeerAuthentication default/default: spec.mtls.mod: unknown field mod (did you mean mode?)",
+        "spec.http[0].route[0].weigth: unknown field weigth (did you mean weight?)",
+        "unknown kind VirtualServce in networking.istio.io (did you mean VirtualService?)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_subset_without_a_destination_rule_is_an_error_and_weights_not_summing_warn() {
     let dir = temp_dir(
         "subset",

@@ -23,6 +23,7 @@ mod analyze;
 pub mod attach;
 pub mod crds;
 pub mod destination_rule;
+pub mod fields;
 pub mod gateway;
 pub mod istio;
 pub mod k8s;
@@ -150,15 +151,6 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.group() == group && k.name() == kind)
-    }
-
-    /// Istio analysis only speaks about mesh kinds' unknown fields; core objects from `kubectl get -o yaml`
-    /// carry hundreds of fields the mesh rightly ignores.
-    pub(crate) fn warn_unknown_fields(self) -> bool {
-        !matches!(
-            self,
-            Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice
-        )
     }
 }
 

@@ -164,13 +164,39 @@ fn parse_document(value: Value, index: usize, file: Option<&Path>, out: &mut Par
         .to_string();
     let raw_ns = str_field(&value, &["metadata", "namespace"]).unwrap_or_default();
     let Some(kind) = Kind::from_group_kind(group, kind_name) else {
+        // In a group the mesh serves, an unknown kind is a mistake (`VirtualServce`): an error, and the file's
+        // previous objects are kept. Other groups' kinds (Deployments, ...) are not the mesh's business.
+        let ours: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| !k.group().is_empty() && k.group() == group)
+            .collect();
+        let known_elsewhere = crate::fields::UNSUPPORTED_KINDS.contains(&(group, kind_name));
+        let (severity, reason) = if ours.is_empty() || known_elsewhere {
+            (
+                Severity::Warning,
+                format!("unsupported kind {api_version} {kind_name}: skipped"),
+            )
+        } else {
+            out.unidentified = true;
+            let hint = crate::fields::did_you_mean(kind_name, ours.iter().map(|k| k.name()))
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
+            let known: Vec<&str> = ours.iter().map(|k| k.name()).collect();
+            (
+                Severity::Error,
+                format!(
+                    "unknown kind {kind_name} in {group}{hint}; it has {}",
+                    known.join(", ")
+                ),
+            )
+        };
         out.diagnostics.push(Diagnostic {
-            severity: Severity::Warning,
+            severity,
             kind: kind_name.to_string(),
             namespace: raw_ns.to_string(),
             name,
-            path: String::new(),
-            reason: format!("unsupported kind {api_version} {kind_name}: skipped"),
+            path: "kind".into(),
+            reason,
             file: file.map(Path::to_path_buf),
         });
         return;
@@ -216,16 +242,31 @@ fn parse_document(value: Value, index: usize, file: Option<&Path>, out: &mut Par
         }
     };
     object.metadata_mut().namespace = key.namespace.clone();
-    if kind.warn_unknown_fields() {
+    let mut rejected = false;
+    if let Some(known) = crate::fields::api_fields(kind) {
         for path in ignored.iter().filter(|p| p.starts_with("spec.")) {
+            let field = crate::fields::leaf(path);
+            if known.contains(&field) {
+                out.diagnostics.push(diag(
+                    Severity::Warning,
+                    path,
+                    format!(
+                        "{field} is part of the {kind} API but not supported by this mesh; ignored"
+                    ),
+                ));
+                continue;
+            }
+            rejected = true;
+            let hint = crate::fields::did_you_mean(field, known.iter().copied())
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
             out.diagnostics.push(diag(
-                Severity::Warning,
+                Severity::Error,
                 path,
-                "unknown or unsupported field, ignored".to_string(),
+                format!("unknown field {field}{hint}; the {kind} API has no such field"),
             ));
         }
     }
-    let mut rejected = false;
     for finding in validate_object(&object) {
         rejected |= finding.severity == Severity::Error;
         out.diagnostics

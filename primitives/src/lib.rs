@@ -13,4 +13,5 @@ pub mod cidr;
 pub mod duration;
 pub mod identity;
 pub mod names;
+pub mod suggest;
 pub mod yaml;

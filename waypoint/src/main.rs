@@ -16,7 +16,18 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// A fatal error is one line: what failed and why, each cause after a colon (no backtrace, no repetition).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", mesh_core::process::one_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
     let args = Args::parse();
     mesh_core::socket::raise_fd_limit();

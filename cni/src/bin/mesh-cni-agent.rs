@@ -63,7 +63,18 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// A fatal error is one line: what failed and why, each cause after a colon (no backtrace, no repetition).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", mesh_core::process::one_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
     let args = Args::parse();
     if args.mode == Mode::Kubernetes && args.node_name.is_empty() {
@@ -81,10 +92,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run(args))
+    rt.block_on(serve(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
     let install = Install {
         plugin_binary: args.plugin.clone(),
         bin_dir: args.bin_dir.clone(),

@@ -623,20 +623,41 @@ fn gateway_api_routes() {
 }
 
 #[test]
-fn unknown_kinds_and_fields_are_warnings() {
+fn unknown_kinds_and_fields_are_errors_unsupported_ones_warnings() {
+    // Other groups' kinds and Istio kinds the mesh does not implement are skipped with a warning.
     let (objects, diags) = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n");
     assert!(objects.is_empty());
     assert!(errors(&diags).is_empty(), "{diags:#?}");
     assert_eq!(warnings(&diags).len(), 2);
     assert!(warnings(&diags)[0].contains("unsupported kind apps/v1 Deployment: skipped"));
+    // A kind no API has, in a group the mesh serves: an error with a suggestion.
+    let (objects, diags) = parse("apiVersion: networking.istio.io/v1\nkind: VirtualServce\nmetadata: {name: v}\nspec: {hosts: [a]}\n");
+    assert!(objects.is_empty());
+    assert_eq!(errors(&diags).len(), 1, "{diags:#?}");
+    assert!(
+        errors(&diags)[0].contains(
+            "unknown kind VirtualServce in networking.istio.io (did you mean VirtualService?)"
+        ),
+        "{diags:#?}"
+    );
 
-    // Unmodeled Istio features load, with a warning naming the field; core kinds stay quiet.
+    // Istio features the mesh does not model load, with a warning naming the field; core kinds stay quiet.
     let (objects, diags) = parse(&format!(
-        "{VS_HEAD}  http:\n  - route: [{{destination: {{host: a}}}}]\n    corsPolicy: {{allowOrigins: []}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, uid: x}}\nspec: {{containers: [{{name: c, image: i}}]}}\n"
+        "{VS_HEAD}  http:\n  - route: [{{destination: {{host: a}}}}]\n    corsPolicy: {{allowOrigins: []}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, uid: x}}\nspec: {{containers: [{{name: c, image: i}}], someFutureField: 1}}\n"
     ));
     assert_eq!(objects.len(), 2);
-    assert_eq!(warnings(&diags), vec!["warning: VirtualService default/x: spec.http[0].corsPolicy: unknown or unsupported field, ignored"]);
+    assert_eq!(warnings(&diags), vec!["warning: VirtualService default/x: spec.http[0].corsPolicy: corsPolicy is part of the VirtualService API but not supported by this mesh; ignored"]);
     assert!(diags.iter().all(|d| d.severity == Severity::Warning));
+
+    // A misspelt field is no API's: the object is rejected, with a suggestion (STRICT is never silently dropped).
+    rejected(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mod: STRICT}}\n",
+        "spec.mtls.mod: unknown field mod (did you mean mode?)",
+    );
+    rejected(
+        &format!("{VS_HEAD}  http:\n  - route: [{{destination: {{host: a}}, weigth: 90}}]\n"),
+        "spec.http[0].route[0].weigth: unknown field weigth (did you mean weight?)",
+    );
 }
 
 #[test]
