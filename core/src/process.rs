@@ -43,3 +43,17 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     }
     line
 }
+
+/// A binary's exit: 0, or 1 with its error as [`one_line`] on stderr.
+pub fn report<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -7,13 +7,14 @@
 //! One test in this binary on purpose: the agent finds a running pod's namespace by its IP among all the host's
 //! namespaces, and clusters of other tests running beside it would reuse the same test addresses.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mesh_tests::kube_api::MockApi;
-use mesh_tests::net::{contains, exchange};
+use mesh_tests::net::{connect_in, contains, exchange};
 use mesh_tests::{bin, poll, require_netns, Cluster, PodSpec};
 use serde_json::json;
 
@@ -60,7 +61,7 @@ fn namespace(labels: serde_json::Value) -> serde_json::Value {
 fn pod(c: &Cluster, name: &str, labels: serde_json::Value) -> serde_json::Value {
     let p = c.pod(name);
     json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "uid": p.uid(), "labels": labels},
+        "metadata": {"name": name, "namespace": p.spec.namespace, "uid": p.uid(), "labels": labels},
         "spec": {"nodeName": format!("node{}", p.spec.node + 1), "serviceAccountName": name, "containers": [{"name": "app", "image": "app"}]},
         "status": {"phase": "Running", "podIP": p.ip.to_string()}})
 }
@@ -120,11 +121,34 @@ fn count(haystack: &str, needle: &str) -> usize {
 #[test]
 fn labels_enroll_and_release_running_pods() {
     require_netns!();
+    // The neighbour, in another (labelled) namespace on the same node, keeps one connection open throughout.
+    let neighbour = PodSpec {
+        namespace: "other".into(),
+        ..PodSpec::mesh("neighbour", 0)
+    };
     let mut c = Cluster::start(
         2,
-        vec![PodSpec::mesh("client", 0), PodSpec::mesh("server", 1)],
+        vec![
+            PodSpec::mesh("client", 0),
+            neighbour,
+            PodSpec::mesh("server", 1),
+        ],
     )
     .unwrap();
+    let mut held = connect_in(
+        &c.pod("neighbour").netns,
+        SocketAddr::new(c.pod("server").ip, 8080),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo = |s: &mut std::net::TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+    };
+    echo(&mut held, b"first");
     // The client runs outside the mesh, and node1's local agent makes way for one in Kubernetes mode.
     c.unenroll(c.pod_index("client")).unwrap();
     c.signal_agent(0, nix::sys::signal::Signal::SIGTERM)
@@ -133,7 +157,10 @@ fn labels_enroll_and_release_running_pods() {
         .unwrap();
     let api = MockApi::start().unwrap();
     api.apply(namespace(json!({})));
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "other", "labels": {"istio.io/dataplane-mode": "ambient"}}}));
     api.apply(pod(&c, "client", json!({"app": "client"})));
+    api.apply(pod(&c, "neighbour", json!({"app": "neighbour"})));
     let kubeconfig = api.kubeconfig(&c.dir).unwrap();
     let mut agent = start_agent(&c, &kubeconfig);
 
@@ -177,6 +204,7 @@ fn labels_enroll_and_release_running_pods() {
     .unwrap();
     assert!(!plaintext(&c));
     let agent_log = std::fs::read_to_string(c.dir.join("kube-agent.log")).unwrap();
+    // The client only: the neighbour was enrolled by the plugin before, and kept from the agent's records.
     assert_eq!(count(&agent_log, "pod enrolled"), 1, "{agent_log}");
     let zt_log = c.ztunnel_log(0);
     assert_eq!(
@@ -216,5 +244,8 @@ fn labels_enroll_and_release_running_pods() {
     .unwrap();
     assert!(!has_rules(&c, "client"));
     assert!(plaintext(&c));
+    // Through all of it, the neighbour's connection was never reset, and ztunnel still serves it.
+    echo(&mut held, b"still-open");
+    assert!(enrolled_in_ztunnel(&c, "neighbour"));
     drop(agent);
 }

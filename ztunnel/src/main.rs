@@ -18,13 +18,7 @@ struct Args {
 
 /// A fatal error is one line: what failed and why, each cause after a colon (no backtrace, no repetition).
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", mesh_core::process::one_line(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mesh_core::process::report(run())
 }
 
 fn run() -> anyhow::Result<()> {
