@@ -12,6 +12,8 @@ pub mod control;
 pub mod http;
 pub mod kube_api;
 pub mod net;
+pub mod prometheus;
+pub mod seed;
 pub mod waypoint;
 
 use std::io::{Read, Write};

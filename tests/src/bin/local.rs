@@ -4,29 +4,18 @@
 //! waypoint that applies the user's seed VirtualService and DestinationRule.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mesh_tests::http::{load, request, Reply, Req};
+use mesh_tests::http::{load, Reply, Req};
 use mesh_tests::net::{exchange, whoami};
-use mesh_tests::{poll, Cluster, Mode, PodSpec};
+use mesh_tests::Cluster;
 
 #[derive(Parser)]
 struct Args {
     /// Check the demo traffic, print the results, tear everything down and exit.
     #[arg(long)]
     once: bool,
-}
-
-fn pod(name: &str, node: usize, app: &str, version: &str) -> PodSpec {
-    PodSpec {
-        labels: vec![
-            ("app".into(), app.into()),
-            ("version".into(), version.into()),
-        ],
-        ..PodSpec::mesh(name, node)
-    }
 }
 
 fn main() -> Result<()> {
@@ -38,33 +27,9 @@ fn main() -> Result<()> {
     println!(
         "starting the control plane and a 2-node mesh (network namespaces, CNI bridge plugin, a ztunnel per node)..."
     );
-    let mut c = Cluster::start_with(
-        2,
-        vec![
-            pod("sleep", 0, "sleep", "v1"),
-            pod("echo-v1", 0, "echo", "v1"),
-            pod("echo-v2", 1, "echo", "v2"),
-            pod("order-v1", 0, "order-service", "v1"),
-            pod("order-v2", 1, "order-service", "v2"),
-            PodSpec::plain("legacy", 1),
-            PodSpec::waypoint("waypoint", 1),
-        ],
-        Mode::ControlPlane,
-    )?;
-    c.start_waypoint("waypoint")?;
-    c.add_service("echo", "198.18.255.10", 80, 8081, "echo")?;
-    // `istio.io/use-waypoint` on the Service: its traffic goes through the waypoint, which speaks HTTP (8090).
-    c.add_service_spec(serde_json::json!({
-        "name": "order-service", "namespace": "default", "vip": "198.18.255.11",
-        "labels": {"istio.io/use-waypoint": "waypoint"},
-        "ports": [{"port": 80, "targetPort": 8090}], "selector": {"app": "order-service"},
-    }))?;
-    seed_manifests(&c)?;
-    let vip: SocketAddr = "198.18.255.10:80".parse()?;
+    let c = mesh_tests::seed::start()?;
+    let vip: SocketAddr = mesh_tests::seed::ECHO_VIP.parse()?;
     let sleep = c.pod("sleep").netns.clone();
-    poll("the echo service", Duration::from_secs(10), || {
-        exchange(&sleep, vip, b"").ok().filter(|o| !o.is_empty())
-    })?;
 
     println!("\npods:");
     for p in &c.pods {
@@ -111,15 +76,6 @@ fn main() -> Result<()> {
         String::from_utf8_lossy(&reply)
     );
 
-    poll(
-        "the control plane to load the seed",
-        Duration::from_secs(10),
-        || {
-            let (_, dump) = c.control_get("/debug/config_dump").ok()?;
-            (dump.contains("\"TrafficSplit\"") && dump.contains("order-service-canary"))
-                .then_some(())
-        },
-    )?;
     let (_, analysis) = c.control_get("/debug/analyze")?;
     let errors = analysis.lines().filter(|l| l.starts_with("error")).count();
     let warnings = analysis
@@ -189,13 +145,9 @@ fn main() -> Result<()> {
 /// The seed's VirtualService at work: requests to `order-service` split 90/10, `x-canary: true` always to v2.
 fn demo_waypoint(c: &Cluster) -> Result<()> {
     let sleep = c.pod("sleep").netns.clone();
-    let vip: SocketAddr = "198.18.255.11:80".parse()?;
-    let routed = |r: &Reply| r.status == 200 && !r.header("x-version").is_empty();
-    poll(
-        "the waypoint to route order-service",
-        Duration::from_secs(20),
-        || request(&sleep, vip, Req::get("/")).ok().filter(routed),
-    )?;
+    let vip: SocketAddr = mesh_tests::seed::ORDER_VIP.parse()?;
+    let routed = mesh_tests::seed::routed;
+    mesh_tests::seed::wait_for_routes(c)?;
     let count = |replies: Vec<Result<Reply>>| {
         let mut v = std::collections::BTreeMap::<String, usize>::new();
         for r in replies {
@@ -233,28 +185,6 @@ waypoint (seed VirtualService + DestinationRule) for order-service (198.18.255.1
         plain.get("v1").copied().unwrap_or(0) + v2 == 1000 && (60..=140).contains(&v2),
         "the 90/10 split is off: {plain:?}"
     );
-    Ok(())
-}
-
-/// The user's own manifests (the seed), unchanged, plus the two Services its TrafficSplit names.
-fn seed_manifests(c: &Cluster) -> Result<()> {
-    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/seed");
-    for entry in std::fs::read_dir(&seed).with_context(|| format!("reading {}", seed.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().context("seed file name")?;
-        std::fs::copy(&path, c.config_dir().join(name))?;
-    }
-    let svc = |name: &str, vip: &str, version: &str| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {vip}, selector: {{app: order-service, version: {version}}}, ports: [{{port: 80, targetPort: 8090}}]}}\n"
-        )
-    };
-    let body = [
-        svc("order-service-stable", "198.18.255.12", "v1"),
-        svc("order-service-canary", "198.18.255.13", "v2"),
-    ]
-    .join("---\n");
-    std::fs::write(c.config_dir().join("order-backends.yaml"), body)?;
     Ok(())
 }
 
