@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mesh_core::ca::CertificateAuthority;
+use mesh_core::metrics::BareCounter;
 use mesh_primitives::identity::Identity;
 use mesh_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use mesh_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
@@ -91,6 +92,10 @@ pub struct CaService {
     default_ttl: Duration,
     max_ttl: Duration,
     requests: Family<CsrLabels, Counter>,
+    /// Istio's names for the same (istiod's `citadel_server_*_count`).
+    csrs: BareCounter,
+    issued: BareCounter,
+    auth_failures: BareCounter,
 }
 
 impl CaService {
@@ -103,9 +108,25 @@ impl CaService {
     ) -> Self {
         let requests = Family::<CsrLabels, Counter>::default();
         registry.register(
-            "citadel_server_csr",
+            "mesh_ca_csrs",
             "Certificate signing requests, by outcome",
             requests.clone(),
+        );
+        let (csrs, issued, auth_failures) = Default::default();
+        registry.register(
+            "citadel_server_csr_count",
+            "The number of CSRs received by the CA",
+            BareCounter::clone(&csrs),
+        );
+        registry.register(
+            "citadel_server_success_cert_issuance_count",
+            "The number of certificates issued",
+            BareCounter::clone(&issued),
+        );
+        registry.register(
+            "citadel_server_authentication_failure_count",
+            "The number of CSRs refused for lack of valid credentials",
+            BareCounter::clone(&auth_failures),
         );
         Self {
             ca,
@@ -114,10 +135,23 @@ impl CaService {
             default_ttl,
             max_ttl: default_ttl.max(Duration::from_secs(24 * 3600)),
             requests,
+            csrs,
+            issued,
+            auth_failures,
         }
     }
 
     fn count(&self, outcome: Outcome) {
+        self.csrs.inc();
+        match outcome {
+            Outcome::issued => {
+                self.issued.inc();
+            }
+            Outcome::unauthenticated => {
+                self.auth_failures.inc();
+            }
+            Outcome::denied | Outcome::bad_request => {}
+        }
         self.requests.get_or_create(&CsrLabels { outcome }).inc();
     }
 

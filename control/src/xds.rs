@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
+use mesh_core::metrics::BareCounter;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use mesh_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     Resource as XdsResource,
 };
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -63,8 +63,8 @@ fn short_type(type_url: &str) -> String {
 /// Istio's pilot metric names, so existing dashboards read them.
 #[derive(Clone)]
 pub struct XdsMetrics {
-    pub pushes: Family<TypeLabels, Counter>,
-    pub rejects: Family<TypeLabels, Counter>,
+    pub pushes: Family<TypeLabels, BareCounter>,
+    pub rejects: Family<TypeLabels, BareCounter>,
     pub convergence: Histogram,
     pub connected: Gauge,
 }

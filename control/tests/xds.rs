@@ -190,7 +190,7 @@ async fn nack_is_counted_and_ack_observes_convergence() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        text().contains("pilot_total_xds_rejects_total{type=\"address\"} 1"),
+        text().contains("pilot_total_xds_rejects{type=\"address\"} 1"),
         "{}",
         text()
     );

@@ -11,8 +11,122 @@ use crate::tls::{IdentityRejected, IdentityRejection};
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    let _ = prometheus_client::encoding::text::encode_registry(&mut out, registry);
+    process_metrics(&mut out);
+    let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
+}
+
+/// The standard `process_*` metrics of the Prometheus client libraries (what Istio's processes export too), read
+/// from `/proc/self` at each scrape.
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096.0, |p| p as f64);
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            l.strip_prefix("btime ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+    });
+    // /proc/self/stat fields, counted from the state (field 3 of proc(5)) as 0: utime 11, stime 12,
+    // starttime 19, rss 21.
+    let mut gauge = |name: &str, help: &str, kind: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            let _ = writeln!(out, "{sample} {v}");
+        }
+    };
+    let cpu = field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks);
+    gauge(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        "counter",
+        cpu,
+    );
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+        "gauge",
+        field(21).map(|p| p * page),
+    );
+    let start = field(19).zip(boot).map(|(t, b)| b + t / ticks);
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds",
+        "gauge",
+        start,
+    );
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as f64)
+        .ok();
+    gauge(
+        "process_open_fds",
+        "Number of open file descriptors",
+        "gauge",
+        open,
+    );
+    let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft as f64);
+    gauge(
+        "process_max_fds",
+        "Maximum number of open file descriptors",
+        "gauge",
+        max,
+    );
+}
+
+/// A counter under its exact name, without OpenMetrics' `_total`: istiod's `pilot_xds_pushes` and
+/// `citadel_server_*_count` are spelt that way, and dashboards written for Istio query those names. Exposed as
+/// type `unknown`, which Prometheus scrapes and `rate()` reads like any counter.
+#[derive(Clone, Debug, Default)]
+pub struct BareCounter(Counter);
+
+impl BareCounter {
+    pub fn inc(&self) -> u64 {
+        self.0.inc()
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for BareCounter {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Unknown;
+}
+
+impl prometheus_client::encoding::EncodeMetric for BareCounter {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0.get() as i64))
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Unknown
+    }
 }
 
 /// Label values are written as Prometheus users expect them (lower case), hence the variant names.

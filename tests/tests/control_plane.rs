@@ -74,10 +74,16 @@ fn ztunnels_get_certificates_and_workloads_from_the_control_plane() {
 
     let (_, m) = c.control_get("/metrics").unwrap();
     assert!(
-        metric(&m, "citadel_server_csr_total", &["outcome=\"issued\""]) >= 2.0,
+        metric(&m, "mesh_ca_csrs_total", &["outcome=\"issued\""]) >= 2.0,
         "{m}"
     );
-    assert!(metric(&m, "pilot_xds_pushes_total", &[]) >= 2.0, "{m}");
+    assert!(metric(&m, "pilot_xds_pushes", &[]) >= 2.0, "{m}");
+    // Istio's own names for the CA's counts (istiod's `citadel_server_*_count`).
+    assert!(metric(&m, "citadel_server_csr_count ", &[]) >= 2.0, "{m}");
+    assert!(
+        metric(&m, "citadel_server_success_cert_issuance_count ", &[]) >= 2.0,
+        "{m}"
+    );
     assert_eq!(
         metric(&m, "pilot_xds ", &[]),
         2.0,
@@ -216,15 +222,11 @@ fn a_ztunnel_cannot_obtain_a_foreign_nodes_pod_identity() {
     assert!(err.contains("unknown bootstrap token"), "{err}");
     let (_, m) = c.control_get("/metrics").unwrap();
     assert!(
-        metric(&m, "citadel_server_csr_total", &["outcome=\"denied\""]) >= 1.0,
+        metric(&m, "mesh_ca_csrs_total", &["outcome=\"denied\""]) >= 1.0,
         "{m}"
     );
     assert!(
-        metric(
-            &m,
-            "citadel_server_csr_total",
-            &["outcome=\"unauthenticated\""]
-        ) >= 1.0,
+        metric(&m, "mesh_ca_csrs_total", &["outcome=\"unauthenticated\""]) >= 1.0,
         "{m}"
     );
 }
