@@ -193,6 +193,13 @@ impl CertManager {
         }
     }
 
+    /// Whether a certificate for `id` is held and not expired.
+    pub fn has_valid(&self, id: &Identity) -> bool {
+        let now = SystemTime::now();
+        let cache = self.cache.lock().expect("cert cache lock");
+        cache.get(id).is_some_and(|e| e.cert.not_after() > now)
+    }
+
     pub fn dump(&self) -> Vec<CertInfo> {
         let now = SystemTime::now();
         let secs = |t: SystemTime| t.duration_since(now).map(|d| d.as_secs()).unwrap_or(0);

@@ -144,7 +144,18 @@ impl Waypoint {
             (
                 "readiness",
                 cfg.readiness_addr,
-                mesh_core::admin::readiness_handler(ctx.drain.clone()),
+                mesh_core::admin::gated_readiness_handler(ctx.drain.clone(), {
+                    let c = ctx.clone();
+                    Arc::new(move || {
+                        if !c.state.synced() {
+                            Some("a first config from the control plane".to_string())
+                        } else if !c.certs.has_valid(&c.identity) {
+                            Some(format!("its certificate ({})", c.identity))
+                        } else {
+                            None
+                        }
+                    })
+                }),
             ),
         ];
         mesh_core::admin::serve_all(servers, &drain.watch()).await?;

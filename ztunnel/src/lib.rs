@@ -51,6 +51,27 @@ fn xds_node(cfg: &Config) -> mesh_proto::envoy::config::core::v3::Node {
     }
 }
 
+/// What ztunnel still waits for before it can serve its node: the node agent's pods, a first workload config, and
+/// a certificate for every enrolled pod the config knows.
+fn readiness(pods: &Pods, ctx: &ProxyCtx, socket: &std::path::Path) -> Option<String> {
+    if !pods.synced() {
+        return Some(format!(
+            "the node agent's pods (ZDS socket {})",
+            socket.display()
+        ));
+    }
+    if !ctx.state.synced() {
+        return Some("a first workload config (control plane or local state file)".into());
+    }
+    let missing: Vec<String> = pods
+        .identities()
+        .into_iter()
+        .filter(|id| !ctx.certs.has_valid(id))
+        .map(|id| id.to_string())
+        .collect();
+    (!missing.is_empty()).then(|| format!("certificates for {}", missing.join(", ")))
+}
+
 /// A started ztunnel; [`Ztunnel::shutdown`] drains it.
 pub struct Ztunnel {
     drain: Drain,
@@ -142,11 +163,19 @@ impl Ztunnel {
                 "readiness",
                 cfg.readiness_addr,
                 mesh_core::admin::gated_readiness_handler(ctx.drain.clone(), {
-                    let (p, sock) = (pods.clone(), cfg.socket_path());
+                    let (p, c, sock) = (pods.clone(), ctx.clone(), cfg.socket_path());
+                    // A start-up gate, as Istio's: once ready, a pod joining later (its certificate a moment
+                    // away) does not flip the node's ztunnel to unready.
+                    let ready = std::sync::atomic::AtomicBool::new(false);
                     Arc::new(move || {
-                        (!p.synced()).then(|| {
-                            format!("the node agent's pods (ZDS socket {})", sock.display())
-                        })
+                        if ready.load(std::sync::atomic::Ordering::Acquire) {
+                            return None;
+                        }
+                        let pending = readiness(&p, &c, &sock);
+                        if pending.is_none() {
+                            ready.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        pending
                     })
                 }),
             ),

@@ -343,6 +343,8 @@ pub struct StateStore {
     policies: Arc<ArcSwap<Policies>>,
     /// Bumped on every change, so established connections can be checked against new state and policy.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Set by the first state stored (a local file read, or the control plane's first response applied).
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for StateStore {
@@ -352,6 +354,7 @@ impl Default for StateStore {
             rejected: Arc::new(ArcSwap::from_pointee(None)),
             policies: Arc::new(ArcSwap::from_pointee(Policies::default())),
             changes: Arc::new(tokio::sync::watch::channel(0).0),
+            synced: Default::default(),
         }
     }
 }
@@ -367,7 +370,14 @@ impl StateStore {
 
     pub fn store(&self, s: Snapshot) {
         self.current.store(Arc::new(s));
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Release);
         self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Whether any state arrived yet: until then a proxy knows no workload and must not say it is ready.
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn policies(&self) -> Arc<Policies> {
