@@ -192,3 +192,36 @@ impl Config {
         Ok(())
     }
 }
+
+/// Environment variables the config reads, with what each sets (listed by `--help`).
+pub const ENV: &[(&str, &str)] = &[
+    ("CONFIG_SOURCE", "configSource (files or kubernetes)"),
+    ("TRUST_DOMAIN", "trustDomain"),
+    ("ROOT_NAMESPACE", "rootNamespace"),
+    ("CONFIG_DIR", "configDir"),
+    ("CA_DIR", "caDir"),
+    ("GRPC_ADDR", "grpcAddr"),
+    ("MONITORING_ADDR", "monitoringAddr"),
+];
+
+impl Config {
+    /// `--help`'s text after the flags: environment variables and config keys with defaults.
+    pub fn help() -> String {
+        mesh_core::config::help_text::<Config>(ENV)
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_environment_variable_read() {
+        let read = mesh_core::config::env_names_read(include_str!("config.rs"));
+        let listed: std::collections::BTreeSet<String> =
+            ENV.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(read, listed);
+        let help = Config::help();
+        assert!(ENV.iter().all(|(n, _)| help.contains(n)), "{help}");
+    }
+}

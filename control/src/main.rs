@@ -23,7 +23,10 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command()
+        .after_help(mesh_control::config::Config::help())
+        .get_matches();
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let cfg = mesh_control::config::Config::load(args.config.as_deref())
         .context("invalid control plane config")?;
     if args.check_config {

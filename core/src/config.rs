@@ -48,3 +48,36 @@ where
     }
     Ok(())
 }
+
+/// What `--help` adds after the flags: the environment variables a process reads (each with the config key it
+/// overrides) and every config file key with its default, so nothing a process reads is invisible.
+pub fn help_text<T: serde::Serialize + Default>(env: &[(&str, &str)]) -> String {
+    let mut out = String::from("Environment variables (they override the config file):\n");
+    for (name, what) in env {
+        out.push_str(&format!("  {name:<18} {what}\n"));
+    }
+    out.push_str("  RUST_LOG           log filter (default info), e.g. debug or ztunnel=debug\n");
+    out.push_str("\nConfig file keys and their defaults (YAML):\n");
+    let yaml = mesh_primitives::yaml::to_string(&T::default()).unwrap_or_default();
+    for line in yaml.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The names `source` (a config module's text) reads from the environment: what its help must list.
+pub fn env_names_read(source: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for marker in ["env_override(\"", "env::var(\"", "var(\""] {
+        for part in source.split(marker).skip(1) {
+            if let Some((name, _)) = part.split_once('"') {
+                if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !name.is_empty() {
+                    out.insert(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}

@@ -125,3 +125,40 @@ impl Config {
         Identity::new(&self.trust_domain, &self.namespace, sa)
     }
 }
+
+/// Environment variables the config reads, with what each sets (listed by `--help`).
+pub const ENV: &[(&str, &str)] = &[
+    ("WAYPOINT_NAME", "name"),
+    ("POD_NAMESPACE", "namespace"),
+    ("SERVICE_ACCOUNT", "serviceAccount"),
+    ("TRUST_DOMAIN", "trustDomain"),
+    ("ADMIN_ADDR", "adminAddr"),
+    ("METRICS_ADDR", "metricsAddr"),
+    ("READINESS_ADDR", "readinessAddr"),
+    ("CA_ADDR", "controlPlane.address (with the three below)"),
+    ("CA_ROOT_CERT", "controlPlane.rootCert"),
+    ("CA_TLS_NAME", "controlPlane.tlsName"),
+    ("CA_TOKEN_FILE", "controlPlane.tokenFile"),
+];
+
+impl Config {
+    /// `--help`'s text after the flags: environment variables and config keys with defaults.
+    pub fn help() -> String {
+        mesh_core::config::help_text::<Config>(ENV)
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_environment_variable_read() {
+        let read = mesh_core::config::env_names_read(include_str!("config.rs"));
+        let listed: std::collections::BTreeSet<String> =
+            ENV.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(read, listed);
+        let help = Config::help();
+        assert!(ENV.iter().all(|(n, _)| help.contains(n)), "{help}");
+    }
+}

@@ -128,9 +128,38 @@ impl Config {
     }
 }
 
+/// Environment variables the config reads, with what each sets (listed by `--help`).
+pub const ENV: &[(&str, &str)] = &[
+    ("NODE_NAME", "nodeName"),
+    ("TRUST_DOMAIN", "trustDomain"),
+    ("ZTUNNEL_RUN_DIR", "runDir (the node agent's ZDS socket)"),
+    ("ADMIN_ADDR", "adminAddr"),
+    ("METRICS_ADDR", "metricsAddr"),
+    ("READINESS_ADDR", "readinessAddr"),
+    ("LOCAL_STATE_FILE", "localStateFile"),
+    ("DEV_CA_DIR", "devCaDir"),
+];
+
+impl Config {
+    /// `--help`'s text after the flags: environment variables and config keys with defaults.
+    pub fn help() -> String {
+        mesh_core::config::help_text::<Config>(ENV)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_lists_every_environment_variable_read() {
+        let read = mesh_core::config::env_names_read(include_str!("config.rs"));
+        let listed: std::collections::BTreeSet<String> =
+            ENV.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(read, listed);
+        let help = Config::help();
+        assert!(ENV.iter().all(|(n, _)| help.contains(n)), "{help}");
+    }
 
     #[test]
     fn validation_names_the_field() {

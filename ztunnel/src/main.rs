@@ -23,7 +23,10 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command()
+        .after_help(ztunnel::config::Config::help())
+        .get_matches();
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     mesh_core::socket::raise_fd_limit();
     let cfg =
         ztunnel::config::Config::load(args.config.as_deref()).context("invalid ztunnel config")?;

@@ -16,10 +16,17 @@ struct Args {
     /// Check the demo traffic, print the results, tear everything down and exit.
     #[arg(long)]
     once: bool,
+    /// Keep the logs and config directory when tearing down (as MESH_KEEP=1 does).
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.keep_logs {
+        // Read by the cluster's teardown; set before any thread exists.
+        std::env::set_var("MESH_KEEP", "1");
+    }
     if let Some(reason) = mesh_tests::skip_reason() {
         anyhow::bail!("cannot run the local mesh here: {reason}");
     }
@@ -119,9 +126,14 @@ fn main() -> Result<()> {
         mesh_tests::control::CONTROL_IP
     );
     println!(
-        "  sudo ip netns exec {} nc {} 8080",
+        "  sudo ip netns exec {} curl -s --http0.9 {}:8081   # who echo-v2 saw calling (its own ztunnel)",
         sleep,
         c.pod("echo-v2").ip
+    );
+    println!(
+        "  sudo ip netns exec {} curl -s -H 'x-canary: true' {}   # order-service through the waypoint: v2",
+        sleep,
+        mesh_tests::seed::ORDER_VIP
     );
     println!(
         "  sudo ip netns exec {} curl -s 127.0.0.1:15000/config_dump",
@@ -132,8 +144,13 @@ fn main() -> Result<()> {
         c.nodes[1].netns
     );
     println!(
-        "Logs and config: {}. Ctrl-C tears everything down.",
-        c.dir.display()
+        "Logs and config: {}. Ctrl-C tears everything down{}.",
+        c.dir.display(),
+        if args.keep_logs {
+            " and keeps that directory"
+        } else {
+            " (--keep-logs keeps that directory)"
+        }
     );
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc_channel(tx)?;
