@@ -24,7 +24,9 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
     let matches = <Args as clap::CommandFactory>::command()
-        .after_help(mesh_control::config::Config::help())
+        .after_help(
+            mesh_core::config::help_text::<mesh_control::config::Config>(mesh_control::config::ENV),
+        )
         .get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let cfg = mesh_control::config::Config::load(args.config.as_deref())

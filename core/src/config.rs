@@ -81,3 +81,20 @@ pub fn env_names_read(source: &str) -> std::collections::BTreeSet<String> {
     }
     out
 }
+
+/// For a config module's test: `Err` naming the variables its source reads but `env` does not list, or lists but
+/// it does not read.
+pub fn check_env_listed(source: &str, env: &[(&str, &str)]) -> Result<(), String> {
+    let read = env_names_read(source);
+    let listed: std::collections::BTreeSet<String> =
+        env.iter().map(|(n, _)| n.to_string()).collect();
+    if read == listed {
+        Ok(())
+    } else {
+        Err(format!(
+            "read but not listed: {:?}; listed but not read: {:?}",
+            read.difference(&listed).collect::<Vec<_>>(),
+            listed.difference(&read).collect::<Vec<_>>()
+        ))
+    }
+}

@@ -24,7 +24,9 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
     let matches = <Args as clap::CommandFactory>::command()
-        .after_help(waypoint::config::Config::help())
+        .after_help(mesh_core::config::help_text::<waypoint::config::Config>(
+            waypoint::config::ENV,
+        ))
         .get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     mesh_core::socket::raise_fd_limit();

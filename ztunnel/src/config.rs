@@ -140,25 +140,13 @@ pub const ENV: &[(&str, &str)] = &[
     ("DEV_CA_DIR", "devCaDir"),
 ];
 
-impl Config {
-    /// `--help`'s text after the flags: environment variables and config keys with defaults.
-    pub fn help() -> String {
-        mesh_core::config::help_text::<Config>(ENV)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn help_lists_every_environment_variable_read() {
-        let read = mesh_core::config::env_names_read(include_str!("config.rs"));
-        let listed: std::collections::BTreeSet<String> =
-            ENV.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(read, listed);
-        let help = Config::help();
-        assert!(ENV.iter().all(|(n, _)| help.contains(n)), "{help}");
+        mesh_core::config::check_env_listed(include_str!("config.rs"), ENV).unwrap();
     }
 
     #[test]

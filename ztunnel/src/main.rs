@@ -24,7 +24,9 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
     let matches = <Args as clap::CommandFactory>::command()
-        .after_help(ztunnel::config::Config::help())
+        .after_help(mesh_core::config::help_text::<ztunnel::config::Config>(
+            ztunnel::config::ENV,
+        ))
         .get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     mesh_core::socket::raise_fd_limit();
