@@ -81,6 +81,45 @@ pub fn metrics_reply(registry: &prometheus_client::registry::Registry) -> Reply 
     )
 }
 
+/// Adds `/logging` to an admin handler: `GET` shows the log filter, `POST /logging?level=<RUST_LOG filter>` (e.g.
+/// `debug`, `info,access=off`) replaces it at runtime, as Envoy's and Istio ztunnel's admin ports do.
+pub fn with_logging(inner: Handler) -> Handler {
+    Arc::new(move |req| {
+        if req.uri.path() != "/logging" {
+            return inner(req);
+        }
+        let level = req
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| {
+                kv.strip_prefix("level=").map(|v| {
+                    v.replace("%2C", ",")
+                        .replace("%3D", "=")
+                        .replace("%3d", "=")
+                })
+            });
+        match (req.method.clone(), level) {
+            (http::Method::POST, Some(level)) => match crate::process::set_log_filter(&level) {
+                Ok(now) => text(StatusCode::OK, format!("log filter: {now}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            (http::Method::POST, None) => text(
+                StatusCode::BAD_REQUEST,
+                "use POST /logging?level=debug (any RUST_LOG filter)\n",
+            ),
+            _ => text(
+                StatusCode::OK,
+                format!(
+                    "log filter: {}\n",
+                    crate::process::log_filter().unwrap_or_default()
+                ),
+            ),
+        }
+    })
+}
+
 /// Prometheus metrics at [`METRICS_PATHS`]: a proxy's metrics port.
 pub fn metrics_handler(registry: Arc<prometheus_client::registry::Registry>) -> Handler {
     Arc::new(move |req| {

@@ -354,10 +354,27 @@ impl TcpMetrics {
         m
     }
 
-    /// Counts a finished connection: `received` flowed client to server, `sent` server to client.
-    pub fn record(&self, labels: &TcpLabels, received: u64, sent: u64) {
+    /// Counts a finished connection (`received` flowed client to server, `sent` server to client) and writes its
+    /// access log line (target `access`, inside the connection's span, which names the pod and the addresses;
+    /// `RUST_LOG=info,access=off` turns it off).
+    pub fn record(&self, labels: &TcpLabels, received: u64, sent: u64, opened: std::time::Instant) {
         self.closed.get_or_create(labels).inc();
         self.received_bytes.get_or_create(labels).inc_by(received);
         self.sent_bytes.get_or_create(labels).inc_by(sent);
+        tracing::info!(
+            target: "access",
+            reporter = ?labels.reporter,
+            src_workload = %format_args!("{}/{}", labels.source_workload_namespace, labels.source_workload),
+            src_identity = %labels.source_principal,
+            dst_workload = %format_args!("{}/{}", labels.destination_workload_namespace, labels.destination_workload),
+            dst_identity = %labels.destination_principal,
+            dst_service = %labels.destination_service,
+            security = ?labels.connection_security_policy,
+            flags = labels.response_flags.as_str(),
+            bytes_received = received,
+            bytes_sent = sent,
+            duration_ms = opened.elapsed().as_millis() as u64,
+            "connection"
+        );
     }
 }

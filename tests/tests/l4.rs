@@ -75,6 +75,22 @@ fn pod_to_pod_traffic_crosses_nodes_over_mtls_hbone() {
         opened >= 2.0,
         "destination ztunnel should count 2 mTLS connections:\n{m}"
     );
+    // One access log line per connection, at the destination too: who, to whom, bytes.
+    let line = poll("the access log line", Duration::from_secs(5), || {
+        c.ztunnel_log(1)
+            .lines()
+            .find(|l| {
+                l.contains("access: connection")
+                    && l.contains("src_workload=default/client")
+                    && l.contains(&format!("bytes_received={}", MARKER.len()))
+            })
+            .map(str::to_string)
+    })
+    .unwrap();
+    assert!(
+        line.contains("dst_workload=default/server") && line.contains("mutual_tls"),
+        "{line}"
+    );
     let received = poll("bytes metric", Duration::from_secs(5), || {
         let m = c.metrics(1).ok()?;
         let v = metric_value(

@@ -158,6 +158,20 @@ fn seed_routes_split_90_10_canary_header_wins_and_traffic_split_takes_over_witho
     let (n, v2, errors) = versions(&replies);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(v2, n, "every x-canary request reaches v2");
+    // One access log line per request: method, path, status, flags, the upstream chosen.
+    let log = c.waypoint_log("waypoint");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("access: request") && l.contains("status=200"))
+        .collect();
+    assert!(lines.len() >= 10_500, "{} access lines", lines.len());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("method=GET") && l.contains("path=/") && l.contains("order-v2")),
+        "{}",
+        lines[0]
+    );
 
     // Istio's waypoint metrics, by version.
     let m = c.waypoint_metrics("waypoint").unwrap();
@@ -352,6 +366,15 @@ fn outlier_detection_ejects_a_failing_pod_for_the_base_ejection_time() {
             .map(|_| Instant::now())
     })
     .unwrap();
+    // Ejections as metrics: one enforced, one active, on the stable subset's cluster (refreshed each second).
+    poll("the ejection gauges", Duration::from_secs(5), || {
+        let m = c.waypoint_metrics("waypoint").ok()?;
+        let on = |name: &str| metric(&m, name, &["cluster_name=\"outbound|80|stable|"]);
+        (on("envoy_cluster_outlier_detection_ejections_active") == 1.0
+            && on("envoy_cluster_outlier_detection_ejections_enforced_total") >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
     set_failing(&c, "order-v1a", 0);
     let before = served(&c, "order-v1a");
     let replies = load(&client, vip(80), 300, 4, |_| Req::get("/")).unwrap();
@@ -444,6 +467,15 @@ fn circuit_breaker_overflow_fails_fast_with_503_uo_and_bounded_memory() {
             &m,
             "istio_requests_total",
             &["response_flags=\"UO\"", "response_code=\"503\""]
+        ) >= 15.0,
+        "{m}"
+    );
+    // The circuit breaker's own count, per cluster, under Envoy's name.
+    assert!(
+        metric(
+            &m,
+            "envoy_cluster_upstream_rq_pending_overflow",
+            &["cluster_name=\"outbound|80||order-service-stable."]
         ) >= 15.0,
         "{m}"
     );

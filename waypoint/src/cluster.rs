@@ -271,6 +271,16 @@ impl Clusters {
         c
     }
 
+    /// Every cluster, for the metrics refresh.
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.map
+            .lock()
+            .expect("clusters lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn dump(&self) -> Vec<serde_json::Value> {
         let map = self.map.lock().expect("clusters lock");
         let mut out: Vec<_> = map

@@ -146,8 +146,18 @@ async fn attempts(
     let Some((cluster, endpoints, limits)) = cluster_for(ctx, &snap, dest, port) else {
         return LocalReply::NoHealthyUpstream.into();
     };
+    let overflow = |family: &prometheus_client::metrics::family::Family<
+        crate::metrics::ClusterLabels,
+        mesh_core::metrics::BareCounter,
+    >|
+     -> Forwarded {
+        family
+            .get_or_create(&crate::metrics::ClusterMetrics::label(&cluster))
+            .inc();
+        LocalReply::Overflow.into()
+    };
     let Some(_active) = admit(&cluster.active_requests, limits.max_requests) else {
-        return LocalReply::Overflow.into();
+        return overflow(&ctx.metrics.clusters.pending_overflow);
     };
     let svc = snap.service_by_key(&dest.service).map(|(s, _)| s.clone());
     let h2 = !t.upgrade && (down.h2 || limits.h2_upgrade);
@@ -177,12 +187,18 @@ async fn attempts(
         };
         let outcome = match &result {
             Ok(r) => Some(Outcome::Status(r.status().as_u16())),
-            Err(AttemptError::Overflow) => return LocalReply::Overflow.into(),
+            Err(AttemptError::Overflow) => return overflow(&ctx.metrics.clusters.pending_overflow),
             Err(AttemptError::PoolTimeout | AttemptError::Invalid(_)) => None,
             Err(_) => Some(Outcome::LocalFailure),
         };
         if let Some(o) = outcome {
-            cluster.record(w.ip, o, endpoints.len());
+            if cluster.record(w.ip, o, endpoints.len()) {
+                ctx.metrics
+                    .clusters
+                    .ejections_enforced
+                    .get_or_create(&crate::metrics::ClusterMetrics::label(&cluster))
+                    .inc();
+            }
         }
         let more = attempt < retry.attempts && payload.replayable() && retriable(retry, &result);
         // The retry budget is held until the retry itself is done.
@@ -192,6 +208,13 @@ async fn attempts(
             None
         };
         if retry_budget.is_none() {
+            if more {
+                ctx.metrics
+                    .clusters
+                    .retry_overflow
+                    .get_or_create(&crate::metrics::ClusterMetrics::label(&cluster))
+                    .inc();
+            }
             return finish(result, w, attempt > 0);
         }
         attempt += 1;

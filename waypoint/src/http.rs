@@ -46,8 +46,10 @@ pub async fn handle(
     // WebSocket and other HTTP/1.1 upgrades: once the upstream answers 101, both sides become one byte stream.
     let client_upgrade =
         (!down.h2 && upgrade_of(req.headers()).is_some()).then(|| hyper::upgrade::on(&mut req));
+    let line = AccessLine::of(&req);
     let (mut f, service) = route_request(&ctx, &down, req).await;
     record(&ctx, &down, &f, &service, protocol, started.elapsed());
+    line.log(&down, &f, &service, started.elapsed());
     if let Some(client) = client_upgrade {
         if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let server = hyper::upgrade::on(&mut f.resp);
@@ -384,6 +386,73 @@ fn is_grpc(h: &HeaderMap) -> bool {
 
 fn chance(percent: f64) -> bool {
     percent >= 100.0 || rand::rng().random_range(0.0..100.0) < percent
+}
+
+/// What the access log keeps of a request before it is routed (the request itself moves on).
+struct AccessLine {
+    method: http::Method,
+    authority: String,
+    path: String,
+    request_id: String,
+    trace_id: String,
+}
+
+impl AccessLine {
+    fn of(req: &Request<Incoming>) -> Self {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| header("host"));
+        // W3C traceparent: 00-<trace id>-<span id>-<flags>; B3's own header otherwise.
+        let traceparent = header("traceparent");
+        let trace_id = traceparent
+            .split('-')
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_else(|| header("x-b3-traceid"));
+        Self {
+            method: req.method().clone(),
+            authority,
+            path: req.uri().path().to_string(),
+            request_id: header("x-request-id"),
+            trace_id,
+        }
+    }
+
+    /// One line per request (target `access`: `RUST_LOG=info,access=off` turns it off), Envoy's fields.
+    fn log(&self, down: &Downstream, f: &Forwarded, service: &str, elapsed: Duration) {
+        let upstream = f.upstream.as_ref().map_or_else(
+            || "-".to_string(),
+            |w| format!("{}/{}", w.namespace, w.name),
+        );
+        let peer = down
+            .peer_identity
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |i| i.to_string());
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            authority = %self.authority,
+            path = %self.path,
+            status = f.resp.status().as_u16(),
+            flags = f.flags.as_str(),
+            service,
+            upstream,
+            duration_ms = elapsed.as_millis() as u64,
+            src_identity = peer,
+            request_id = %self.request_id,
+            trace_id = %self.trace_id,
+            "request"
+        );
+    }
 }
 
 fn record(

@@ -123,6 +123,26 @@ impl Waypoint {
         });
         let hbone = mesh_core::admin::bind("HBONE", cfg.hbone_addr).await?;
         tokio::spawn(proxy::serve(ctx.clone(), hbone));
+        // Circuit-breaker and outlier gauges, from the clusters' own counts.
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            while !c.drain.is_stopping() {
+                for cluster in c.clusters.all() {
+                    let label = metrics::ClusterMetrics::label(&cluster);
+                    let m = &c.metrics.clusters;
+                    m.rq_active.get_or_create(&label).set(
+                        cluster
+                            .active_requests
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            as i64,
+                    );
+                    m.ejections_active
+                        .get_or_create(&label)
+                        .set(cluster.ejected().len() as i64);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
         // Fetched ahead of the first connection, renewed at half-life.
         let c = ctx.clone();
         tokio::spawn(async move {
@@ -135,7 +155,11 @@ impl Waypoint {
             }
         });
         let servers = [
-            ("admin", cfg.admin_addr, proxy::admin_handler(ctx.clone())),
+            (
+                "admin",
+                cfg.admin_addr,
+                mesh_core::admin::with_logging(proxy::admin_handler(ctx.clone())),
+            ),
             (
                 "metrics",
                 cfg.metrics_addr,

@@ -4,10 +4,11 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use mesh_core::metrics::{HboneMetrics, TcpMetrics};
+use mesh_core::metrics::{BareCounter, HboneMetrics, TcpMetrics};
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -50,8 +51,68 @@ pub struct DenyLabels {
     pub reason: &'static str,
 }
 
+/// Envoy's cluster label: Istio's cluster name `outbound|<port>|<subset>|<host>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_name: String,
+}
+
+/// Circuit breakers and outlier detection per cluster, under Envoy's stat names (what Istio's waypoint exposes
+/// and its dashboards read).
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    /// Requests refused because `http2MaxRequests` or `http1MaxPendingRequests` was reached.
+    pub pending_overflow: Family<ClusterLabels, BareCounter>,
+    /// Retries not made because `maxRetries` was reached.
+    pub retry_overflow: Family<ClusterLabels, BareCounter>,
+    pub ejections_enforced: Family<ClusterLabels, BareCounter>,
+    /// Refreshed from the clusters every second.
+    pub rq_active: Family<ClusterLabels, Gauge>,
+    pub ejections_active: Family<ClusterLabels, Gauge>,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let envoy = registry.sub_registry_with_prefix("envoy_cluster");
+        envoy.register(
+            "upstream_rq_pending_overflow",
+            "Requests that overflowed the cluster's request or pending-request limit (503, UO)",
+            m.pending_overflow.clone(),
+        );
+        envoy.register(
+            "upstream_rq_retry_overflow",
+            "Retries not attempted because the cluster's maxRetries was reached",
+            m.retry_overflow.clone(),
+        );
+        envoy.register(
+            "outlier_detection_ejections_enforced_total",
+            "Hosts ejected by outlier detection",
+            m.ejections_enforced.clone(),
+        );
+        envoy.register(
+            "upstream_rq_active",
+            "Requests in flight to the cluster",
+            m.rq_active.clone(),
+        );
+        envoy.register(
+            "outlier_detection_ejections_active",
+            "Hosts currently ejected",
+            m.ejections_active.clone(),
+        );
+        m
+    }
+
+    pub fn label(cluster: &crate::cluster::Cluster) -> ClusterLabels {
+        ClusterLabels {
+            cluster_name: cluster.key.to_string(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub clusters: ClusterMetrics,
     pub tcp: TcpMetrics,
     pub denied: Family<DenyLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
@@ -62,6 +123,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            clusters: ClusterMetrics::register(registry),
             // Opaque (non-HTTP) traffic, as Istio's waypoint reports it.
             tcp: TcpMetrics::register(registry),
             denied: Family::default(),

@@ -152,7 +152,7 @@ impl Ztunnel {
             (
                 "admin",
                 cfg.admin_addr,
-                admin::admin_handler(ctx.clone(), pods.clone()),
+                mesh_core::admin::with_logging(admin::admin_handler(ctx.clone(), pods.clone())),
             ),
             (
                 "metrics",

@@ -60,6 +60,7 @@ impl ConnectHandler for Handler {
 
 impl Handler {
     async fn handle_inner(&self, req: InboundRequest, respond: Responder) {
+        let opened = std::time::Instant::now();
         let (ctx, pod) = (&self.ctx, &self.pod);
         if !pod.ips.contains(&req.authority.ip()) {
             tracing::info!("CONNECT names an address that is not this pod; 400");
@@ -134,7 +135,7 @@ impl Handler {
                 tracing::info!(error = %e, "app unreachable; 503");
                 respond.refuse(StatusCode::SERVICE_UNAVAILABLE);
                 labels.response_flags = ResponseFlags::UF;
-                ctx.metrics.tcp.record(&labels, 0, 0);
+                ctx.metrics.tcp.record(&labels, 0, 0, opened);
                 return;
             }
         };
@@ -146,6 +147,6 @@ impl Handler {
             }
         };
         let (rx, tx) = pipe_until(ctx, &mut tunnel, &mut app, &registered.stop).await;
-        ctx.metrics.tcp.record(&labels, rx, tx);
+        ctx.metrics.tcp.record(&labels, rx, tx, opened);
     }
 }

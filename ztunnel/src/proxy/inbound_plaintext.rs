@@ -40,6 +40,7 @@ pub async fn accept(
     }
     let span = tracing::info_span!("inbound_plaintext", pod = %pod.name, src = %peer, dst = %dst);
     async move {
+        let opened = std::time::Instant::now();
         let snap = ctx.state.load();
         let src = snap.workload(&peer.ip()).cloned();
         let dstw = snap.workload(&dst.ip()).cloned();
@@ -83,7 +84,9 @@ pub async fn accept(
         if registered.stop.is_cancelled() {
             reset_on_close(&client);
         }
-        ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
+        ctx.metrics
+            .tcp
+            .record(&ends.labels(td, flags), rx, tx, opened);
     }
     .instrument(span)
     .await

@@ -82,7 +82,9 @@ pub async fn forward(
                 .inc();
             let upstream = pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await;
             let (flags, rx, tx) = relay(&ctx, &mut client, upstream).await;
-            ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
+            ctx.metrics
+                .tcp
+                .record(&ends.labels(td, flags), rx, tx, opened);
             return;
         }
         let Some(src) = src.as_deref() else {
@@ -104,7 +106,7 @@ pub async fn forward(
                 tracing::error!(error = %e, "no certificate for the source pod; closing");
                 ctx.metrics
                     .tcp
-                    .record(&ends.labels(td, ResponseFlags::UF), 0, 0);
+                    .record(&ends.labels(td, ResponseFlags::UF), 0, 0, opened);
                 return;
             }
         };
@@ -136,7 +138,9 @@ pub async fn forward(
             elapsed_ms = opened.elapsed().as_millis() as u64,
             "closed"
         );
-        ctx.metrics.tcp.record(&ends.labels(td, flags), rx, tx);
+        ctx.metrics
+            .tcp
+            .record(&ends.labels(td, flags), rx, tx, opened);
     }
     .instrument(span)
     .await
