@@ -187,6 +187,8 @@ pub async fn run(
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     // Cancelled on shutdown: the election gives its Lease up and every xDS stream ends (clients reconnect).
     let stopping = tokio_util::sync::CancellationToken::new();
+    // Renewal is timed from issuance, even while the first config is awaited.
+    tokio::spawn(serving.clone().rotate(stopping.clone()));
     let mut first_config = snap_rx.clone();
     let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry))
         .with_stop(stopping.clone());
@@ -269,7 +271,6 @@ pub async fn run(
             addr: format!("{} (grpcAddr, env GRPC_ADDR)", cfg.grpc_addr),
             source,
         })?;
-    tokio::spawn(serving.clone().rotate(stopping.clone()));
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
     let stop = stopping.clone();
     let serve = tonic::transport::Server::builder()

@@ -191,6 +191,8 @@ pub fn incoming(
                 _ = tx.closed() => return,
                 a = mesh_core::socket::accept_retrying("control gRPC", &mut backoff, || listener.accept()) => a,
             };
+            // tonic sets this itself only when it binds the port.
+            let _ = tcp.set_nodelay(true);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 refused.inc();
                 // One line a minute at most: a flood must not become a flood of logs.

@@ -70,6 +70,7 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
     let slow: Vec<TcpStream> = (0..SLOW)
         .map(|_| TcpStream::connect(control.grpc).expect("connect"))
         .collect();
+    let mut slow_sample = slow[0].try_clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let dripping = {
         let (stop, mut slow) = (stop.clone(), slow);
@@ -120,6 +121,15 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
         other => panic!("the server should close an idle connection: {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(15));
+    // A slow client (one byte a second, never a whole ClientHello) is closed at the same timeout.
+    slow_sample
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match slow_sample.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the server should close a slow connection: {other:?}"),
+    }
     stop.store(true, Ordering::Relaxed);
     dripping.join().unwrap();
     drop(control);

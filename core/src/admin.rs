@@ -88,18 +88,9 @@ pub fn with_logging(inner: Handler) -> Handler {
         if req.uri.path() != "/logging" {
             return inner(req);
         }
-        let level = req
-            .uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .find_map(|kv| {
-                kv.strip_prefix("level=").map(|v| {
-                    v.replace("%2C", ",")
-                        .replace("%3D", "=")
-                        .replace("%3d", "=")
-                })
-            });
+        let level = form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "level")
+            .map(|(_, v)| v.into_owned());
         match (req.method.clone(), level) {
             (http::Method::POST, Some(level)) => match crate::process::set_log_filter(&level) {
                 Ok(now) => text(StatusCode::OK, format!("log filter: {now}\n")),

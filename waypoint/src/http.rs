@@ -46,10 +46,14 @@ pub async fn handle(
     // WebSocket and other HTTP/1.1 upgrades: once the upstream answers 101, both sides become one byte stream.
     let client_upgrade =
         (!down.h2 && upgrade_of(req.headers()).is_some()).then(|| hyper::upgrade::on(&mut req));
-    let line = AccessLine::of(&req);
+    // Built only when the access log is on: it costs allocations on every request.
+    let line =
+        tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessLine::of(&req));
     let (mut f, service) = route_request(&ctx, &down, req).await;
     record(&ctx, &down, &f, &service, protocol, started.elapsed());
-    line.log(&down, &f, &service, started.elapsed());
+    if let Some(line) = line {
+        line.log(&down, &f, &service, started.elapsed());
+    }
     if let Some(client) = client_upgrade {
         if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let server = hyper::upgrade::on(&mut f.resp);

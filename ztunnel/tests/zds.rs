@@ -100,6 +100,9 @@ async fn speaks_istio_zds_and_survives_garbage() {
     assert!(pods.synced());
     assert!(pods.dump().is_empty());
 
+    // A second snapshot_sent would name no pod and stop them all: refused.
+    agent.send_bytes(&[0x1a, 0x00], None).unwrap();
+    assert!(ack(&agent).contains("snapshot already sent"));
     // keep after the snapshot is a protocol error; del (uid is field 2) of an unknown pod is fine.
     agent
         .send_bytes(&[0x2a, 0x04, 0x0a, 0x02, b'u', b'2'], None)

@@ -26,6 +26,14 @@ const PLUGIN_GRACE_SECS: u64 = 60;
 /// Reconcile this often even without events (a running pod whose namespace was not found yet).
 const RESYNC: Duration = Duration::from_secs(5);
 
+/// Why a new pod is not enrolled: it is not in the mesh, or its labels could not be read (then the pod must not
+/// start: the CNI ADD fails and the runtime retries).
+#[derive(Debug)]
+pub enum Refusal {
+    NotInMesh(String),
+    Lookup(String),
+}
+
 /// The watched Pods and Namespaces, shared with the plugin's event handler.
 #[derive(Clone)]
 pub struct View {
@@ -37,22 +45,22 @@ pub struct View {
 
 impl View {
     /// Whether a pod the plugin just reported is in the mesh; `Ok` carries its service account.
-    pub async fn admit(&self, namespace: &str, name: &str) -> Result<String, String> {
+    pub async fn admit(&self, namespace: &str, name: &str) -> Result<String, Refusal> {
         let pod = match self.pods.get(&ObjectRef::new(name).within(namespace)) {
             Some(p) => (*p).clone(),
             None => Api::<Pod>::namespaced(self.client.clone(), namespace)
                 .get(name)
                 .await
-                .map_err(|e| format!("reading pod {namespace}/{name}: {e}"))?,
+                .map_err(|e| Refusal::Lookup(format!("reading pod {namespace}/{name}: {e}")))?,
         };
         let ns = match self.namespaces.get(&ObjectRef::new(namespace)) {
             Some(n) => Some((*n).clone()),
             None => Api::<Namespace>::all(self.client.clone())
                 .get_opt(namespace)
                 .await
-                .map_err(|e| format!("reading namespace {namespace}: {e}"))?,
+                .map_err(|e| Refusal::Lookup(format!("reading namespace {namespace}: {e}")))?,
         };
-        membership::decide(ns.as_ref(), &pod)?;
+        membership::decide(ns.as_ref(), &pod).map_err(Refusal::NotInMesh)?;
         Ok(service_account(&pod))
     }
 

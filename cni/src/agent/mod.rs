@@ -126,8 +126,14 @@ impl Agent {
     /// Captures a pod and hands it to ztunnel. Blocking (iptables, ZDS): call from a blocking thread.
     pub fn enroll(&self, mut record: PodRecord, netns: NetNs) -> Result<Enrolled, AgentError> {
         let mut inner = self.inner.lock().expect("agent lock");
-        if inner.pods.contains_key(&record.uid) {
-            return Ok(Enrolled::Already);
+        if let Some(held) = inner.pods.get(&record.uid) {
+            if held.netns.inode().ok() == netns.inode().ok() {
+                return Ok(Enrolled::Already);
+            }
+            // A new sandbox under the same uid (its DEL was missed): ztunnel drops the old one first.
+            tracing::info!(pod = %record.display(), "pod came back in a new network namespace");
+            inner.pods.remove(&record.uid);
+            send_del(&mut inner, &record.uid);
         }
         let pod = record.display();
         rules::install(&netns).map_err(|source| AgentError::Rules {

@@ -86,9 +86,18 @@ pub fn handle(
                 Admission::Kubernetes(view) => {
                     match rt.block_on(view.admit(&ev.namespace, &ev.name)) {
                         Ok(sa) => sa,
-                        Err(reason) => {
+                        Err(super::kube::Refusal::NotInMesh(reason)) => {
                             tracing::info!(pod, reason, "new pod not in the mesh");
                             return Reply::Skipped { reason };
+                        }
+                        // Unknown labels must not let a pod start outside the mesh it may belong to.
+                        Err(super::kube::Refusal::Lookup(message)) => {
+                            tracing::warn!(
+                                pod,
+                                message,
+                                "cannot tell whether a new pod is in the mesh"
+                            );
+                            return Reply::Error { message };
                         }
                     }
                 }

@@ -222,6 +222,9 @@ fn documents(source: &str, text: &str) -> Vec<Manifest> {
     out
 }
 
+/// Helm's bound on `--set` list indexes (a huge one would allocate without limit).
+const MAX_INDEX: usize = 65536;
+
 /// One step of a `--set` key: a map key, or a list index (`tolerations[0]`).
 #[derive(Clone, Debug, PartialEq)]
 enum Seg {
@@ -260,10 +263,15 @@ fn parse_sets(
                 let w = w.as_str();
                 let (name, index) = match w.split_once('[') {
                     Some((n, i)) => {
-                        let i = i
+                        let i: usize = i
                             .strip_suffix(']')
                             .and_then(|i| i.parse().ok())
-                            .ok_or_else(|| err(format!("bad list index in {w:?}")))?;
+                            .filter(|i| *i <= MAX_INDEX)
+                            .ok_or_else(|| {
+                                err(format!(
+                                    "bad list index in {w:?} (0 to {MAX_INDEX}, as Helm)"
+                                ))
+                            })?;
                         (n, Some(i))
                     }
                     None => (w, None),

@@ -73,16 +73,28 @@ impl Pods {
 
     /// Starts serving a pod; a pod already running under this uid is kept as it is (returns `false`).
     pub fn add(&self, meta: PodMeta, netns: Option<NetNs>) -> Result<bool, EnrollError> {
-        if self
-            .running
-            .lock()
-            .expect("pods lock")
-            .contains_key(&meta.uid)
-        {
-            return Ok(false);
-        }
         let uid = meta.uid.clone();
         let netns = netns.ok_or_else(|| EnrollError::NoNetns { uid: uid.clone() })?;
+        // The same pod in the same namespace: kept as it is. A new sandbox under the same uid (a missed DEL):
+        // the old listeners go, the pod starts again in its new namespace.
+        let same = {
+            let running = self.running.lock().expect("pods lock");
+            running.get(&uid).map(|(_, pod)| match &*pod.network {
+                PodNetwork::Namespace(old) => old.inode().ok() == netns.inode().ok(),
+                PodNetwork::Local { .. } => false,
+            })
+        };
+        match same {
+            Some(true) => return Ok(false),
+            Some(false) => {
+                tracing::info!(
+                    uid,
+                    "pod came back in a new network namespace; re-enrolling it"
+                );
+                self.remove(&uid);
+            }
+            None => {}
+        }
         let ips = netns.addresses().map_err(|source| EnrollError::Netns {
             uid: uid.clone(),
             source,

@@ -125,7 +125,10 @@ fn apply(
             Ok(())
         }
         Some(Payload::SnapshotSent(_)) => {
-            let seen = named.take().unwrap_or_default();
+            // A second one would name nothing and stop every pod: refused.
+            let Some(seen) = named.take() else {
+                return Err("snapshot already sent on this connection".into());
+            };
             pods.retain(&seen);
             tracing::info!(pods = seen.len(), "node agent snapshot applied");
             Ok(())
