@@ -4,30 +4,15 @@
 
 mod process;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use process::Recording;
 
-fn wait(what: &str, f: impl Fn() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn convergence_counts_pushed_changes_only() {
-    let dir = std::env::temp_dir().join(format!("mesh-control-convergence-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("cluster")).unwrap();
-    std::fs::write(
-        dir.join("cluster/namespace.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
-    )
-    .unwrap();
+    let dir = process::cluster_dir("convergence");
     let control = process::start(&dir);
-    wait("ready", || {
+    process::wait("ready", Duration::from_secs(20), || {
         control.get("/ready").is_some_and(|(c, _)| c == 200)
     });
     // The config ages while nobody is connected (deliberately: this is what the old metric reported).
@@ -39,20 +24,28 @@ fn convergence_counts_pushed_changes_only() {
         process::node("node1"),
         proxy.clone(),
     ));
-    wait("the first response", || !proxy.0.lock().unwrap().is_empty());
+    process::wait("the first response", Duration::from_secs(20), || {
+        !proxy.0.lock().unwrap().is_empty()
+    });
     std::fs::write(
         dir.join("cluster/pod.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",
     )
     .unwrap();
-    wait("the change to reach the proxy", || {
-        proxy.0.lock().unwrap().len() == 2
-    });
-    wait("its convergence to be recorded", || {
-        control
-            .metric("pilot_proxy_convergence_time_count")
-            .is_some_and(|c| c >= 1.0)
-    });
+    process::wait(
+        "the change to reach the proxy",
+        Duration::from_secs(20),
+        || proxy.0.lock().unwrap().len() == 2,
+    );
+    process::wait(
+        "its convergence to be recorded",
+        Duration::from_secs(20),
+        || {
+            control
+                .metric("pilot_proxy_convergence_time_count")
+                .is_some_and(|c| c >= 1.0)
+        },
+    );
     // Only the change counts, and it took a moment: had the first response been recorded too, the config's
     // 2 s of age would be in the sum.
     assert_eq!(

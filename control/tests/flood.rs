@@ -16,40 +16,20 @@ use process::Recording;
 const IDLE: usize = 2000;
 const SLOW: usize = 200;
 
-fn wait(what: &str, deadline: Duration, f: impl Fn() -> bool) {
-    let end = Instant::now() + deadline;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn cluster(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-control-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("cluster")).unwrap();
-    std::fs::write(
-        dir.join("cluster/namespace.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
-    )
-    .unwrap();
-    dir
-}
-
 fn add_pod(dir: &std::path::Path, n: usize) {
     std::fs::write(
         dir.join(format!("cluster/pod-{n}.yaml")),
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{n}, namespace: shop}}\nspec: {{nodeName: node1, serviceAccountName: web, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: 198.18.0.{}}}\n", n + 1),
+        process::pod_yaml(n),
     )
     .unwrap();
 }
 
 #[test]
 fn idle_and_slow_connections_do_not_starve_proxies() {
-    let dir = cluster("flood");
+    let dir = process::cluster_dir("flood");
     // Started before the test raises its own limit: the control plane must raise its own.
     let control = process::start(&dir);
-    wait("ready", Duration::from_secs(20), || {
+    process::wait("ready", Duration::from_secs(20), || {
         control.get("/ready").is_some_and(|(c, _)| c == 200)
     });
     mesh_core::socket::raise_fd_limit();
@@ -60,7 +40,7 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
         process::node("node1"),
         early.clone(),
     ));
-    wait("the early proxy", Duration::from_secs(20), || {
+    process::wait("the early proxy", Duration::from_secs(20), || {
         !early.0.lock().unwrap().is_empty()
     });
 
@@ -91,7 +71,7 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
     // Held open: the control plane stays ready, the early stream gets a push, a new proxy joins.
     assert_eq!(control.get("/ready").map(|(c, _)| c), Some(200));
     add_pod(&dir, 0);
-    wait(
+    process::wait(
         "the push on the early stream",
         Duration::from_secs(20),
         || early.0.lock().unwrap().len() == 2,
@@ -102,7 +82,7 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
         process::node("node1"),
         late.clone(),
     ));
-    wait(
+    process::wait(
         "a new proxy during the flood",
         Duration::from_secs(20),
         || !late.0.lock().unwrap().is_empty(),
@@ -138,9 +118,9 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
 
 #[test]
 fn past_max_connections_new_ones_are_closed_and_counted() {
-    let dir = cluster("cap");
+    let dir = process::cluster_dir("cap");
     let control = process::start_with(&dir, "control", "maxConnections: 100\n");
-    wait("ready", Duration::from_secs(20), || {
+    process::wait("ready", Duration::from_secs(20), || {
         control.get("/ready").is_some_and(|(c, _)| c == 200)
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -150,20 +130,20 @@ fn past_max_connections_new_ones_are_closed_and_counted() {
         process::node("node1"),
         early.clone(),
     ));
-    wait("the early proxy", Duration::from_secs(20), || {
+    process::wait("the early proxy", Duration::from_secs(20), || {
         !early.0.lock().unwrap().is_empty()
     });
     let held: Vec<TcpStream> = (0..150)
         .map(|_| TcpStream::connect(control.grpc).expect("connect"))
         .collect();
-    wait("refusals counted", Duration::from_secs(10), || {
+    process::wait("refusals counted", Duration::from_secs(10), || {
         control
             .metric("mesh_control_connections_refused_total")
             .is_some_and(|v| v >= 50.0)
     });
     // The established stream is one of the 100 and keeps working.
     add_pod(&dir, 0);
-    wait(
+    process::wait(
         "the push on the early stream",
         Duration::from_secs(20),
         || early.0.lock().unwrap().len() == 2,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_core::control::XdsHandler;
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
@@ -76,42 +76,19 @@ fn service(target: Arc<Mutex<SocketAddr>>) -> SocketAddr {
     addr
 }
 
-fn wait(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pod(n: usize) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{n}, namespace: shop, labels: {{app: web}}}}\nspec: {{nodeName: node1, serviceAccountName: web, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: 198.18.{}.{}}}\n",
-        n / 250,
-        n % 250 + 1
-    )
-}
-
 #[test]
 fn a_proxy_moves_to_the_other_replica_without_a_full_resend() {
-    let dir = std::env::temp_dir().join(format!("mesh-control-replicas-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = process::cluster_dir("replicas");
     let cluster = dir.join("cluster");
-    std::fs::create_dir_all(&cluster).unwrap();
-    std::fs::write(
-        cluster.join("namespace.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
-    )
-    .unwrap();
-    let pods: Vec<String> = (0..PODS).map(pod).collect();
+    let pods: Vec<String> = (0..PODS).map(process::pod_yaml).collect();
     std::fs::write(cluster.join("pods.yaml"), pods.join("---\n")).unwrap();
     let a = process::start_replica(&dir, "a");
-    wait("replica a ready", || {
+    process::wait("replica a ready", Duration::from_secs(30), || {
         a.get("/ready").is_some_and(|(c, _)| c == 200)
     });
     // The second replica finds the first one's CA: one root for both.
     let b = process::start_replica(&dir, "b");
-    wait("replica b ready", || {
+    process::wait("replica b ready", Duration::from_secs(30), || {
         b.get("/ready").is_some_and(|(c, _)| c == 200)
     });
 
@@ -126,21 +103,27 @@ fn a_proxy_moves_to_the_other_replica_without_a_full_resend() {
         process::node("node1"),
         proxy.clone(),
     ));
-    wait("the proxy to hold every workload", || {
-        proxy.held.lock().unwrap().len() == PODS
-    });
+    process::wait(
+        "the proxy to hold every workload",
+        Duration::from_secs(30),
+        || proxy.held.lock().unwrap().len() == PODS,
+    );
     let before = proxy.responses.lock().unwrap().len();
     let held_before = proxy.held.lock().unwrap().clone();
 
     // Replica a stops; the Service now leads to b.
     *target.lock().unwrap() = b.grpc;
     drop(a);
-    wait("the proxy to resync with replica b", || {
-        proxy.responses.lock().unwrap().len() > before
-    });
-    wait("replica b to count the stream", || {
-        b.metric("pilot_xds") == Some(1.0)
-    });
+    process::wait(
+        "the proxy to resync with replica b",
+        Duration::from_secs(30),
+        || proxy.responses.lock().unwrap().len() > before,
+    );
+    process::wait(
+        "replica b to count the stream",
+        Duration::from_secs(30),
+        || b.metric("pilot_xds") == Some(1.0),
+    );
     let after: Vec<(usize, usize)> = proxy.responses.lock().unwrap()[before..].to_vec();
     assert_eq!(
         after,
@@ -150,10 +133,12 @@ fn a_proxy_moves_to_the_other_replica_without_a_full_resend() {
     assert_eq!(*proxy.held.lock().unwrap(), held_before);
 
     // A change afterwards comes from b, alone.
-    std::fs::write(cluster.join("more.yaml"), pod(PODS)).unwrap();
-    wait("the new pod from replica b", || {
-        proxy.held.lock().unwrap().len() == PODS + 1
-    });
+    std::fs::write(cluster.join("more.yaml"), process::pod_yaml(PODS)).unwrap();
+    process::wait(
+        "the new pod from replica b",
+        Duration::from_secs(30),
+        || proxy.held.lock().unwrap().len() == PODS + 1,
+    );
     let last = *proxy.responses.lock().unwrap().last().unwrap();
     assert_eq!(last, (1, 0), "only the new workload is sent");
     drop(b);

@@ -42,14 +42,7 @@ async fn served(addr: std::net::SocketAddr, root: &std::path::Path) -> (Vec<u8>,
 
 #[test]
 fn the_serving_certificate_rotates_under_traffic_and_new_proxies_still_join() {
-    let dir = std::env::temp_dir().join(format!("mesh-control-serving-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("cluster")).unwrap();
-    std::fs::write(
-        dir.join("cluster/namespace.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
-    )
-    .unwrap();
+    let dir = process::cluster_dir("serving");
     let control = process::start_with(&dir, "control", "servingCertificateTtl: 3s\n");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let early = Recording::default();
@@ -58,16 +51,11 @@ fn the_serving_certificate_rotates_under_traffic_and_new_proxies_still_join() {
         process::node("node1"),
         early.clone(),
     ));
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait("the early proxy's first response", &|| {
-        !early.0.lock().unwrap().is_empty()
-    });
+    process::wait(
+        "the early proxy's first response",
+        Duration::from_secs(30),
+        || !early.0.lock().unwrap().is_empty(),
+    );
 
     // Three renewals observed by fresh handshakes, each certificate living about its 3 s (plus a small backdate).
     let root = dir.join("ca/root-cert.pem");
@@ -97,10 +85,12 @@ fn the_serving_certificate_rotates_under_traffic_and_new_proxies_still_join() {
         process::node("node1"),
         late.clone(),
     ));
-    wait("a proxy joining after the renewals", &|| {
-        !late.0.lock().unwrap().is_empty()
-    });
-    wait("both streams counted", &|| {
+    process::wait(
+        "a proxy joining after the renewals",
+        Duration::from_secs(30),
+        || !late.0.lock().unwrap().is_empty(),
+    );
+    process::wait("both streams counted", Duration::from_secs(30), || {
         control.metric("pilot_xds") == Some(2.0)
     });
     std::fs::write(
@@ -108,9 +98,11 @@ fn the_serving_certificate_rotates_under_traffic_and_new_proxies_still_join() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",
     )
     .unwrap();
-    wait("the push to reach the early stream", &|| {
-        early.0.lock().unwrap().len() == 2
-    });
+    process::wait(
+        "the push to reach the early stream",
+        Duration::from_secs(30),
+        || early.0.lock().unwrap().len() == 2,
+    );
     assert_eq!(early.0.lock().unwrap()[1], (1, 0));
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);

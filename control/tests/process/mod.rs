@@ -133,3 +133,37 @@ impl XdsHandler for Recording {
         Ok(())
     }
 }
+
+/// A fresh test directory whose `cluster/` holds an ambient namespace `shop`.
+pub fn cluster_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("cluster")).unwrap();
+    std::fs::write(
+        dir.join("cluster/namespace.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Pod `web-<n>` of `shop` on node1, at an address of its own.
+pub fn pod_yaml(n: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{n}, namespace: shop, labels: {{app: web}}}}\nspec: {{nodeName: node1, serviceAccountName: web, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: 198.18.{}.{}}}\n",
+        n / 250,
+        n % 250 + 1
+    )
+}
+
+/// Polls `f` until it holds; fails the test after `deadline`.
+pub fn wait(what: &str, deadline: std::time::Duration, f: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + deadline;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
