@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-for doc in README.md ARCHITECTURE.md BENCHMARKS.md docs/*.md charts/*/README.md; do
+for doc in README.md ARCHITECTURE.md BENCHMARKS.md RELIABILITY.md docs/*.md charts/*/README.md; do
   [ -f "$doc" ] || continue
   # Backticked tokens that look like repository paths: a first segment that is a top-level folder of this repo.
   while read -r cited; do
