@@ -6,27 +6,15 @@ mod process;
 
 use std::time::Duration;
 
-use process::Recording;
-
 #[test]
 fn convergence_counts_pushed_changes_only() {
     let dir = process::cluster_dir("convergence");
     let control = process::start(&dir);
-    process::wait("ready", Duration::from_secs(20), || {
-        control.get("/ready").is_some_and(|(c, _)| c == 200)
-    });
+    control.wait_ready();
     // The config ages while nobody is connected (deliberately: this is what the old metric reported).
     std::thread::sleep(Duration::from_secs(2));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let proxy = Recording::default();
-    rt.spawn(mesh_core::control::run_xds(
-        control.plane(),
-        process::node("node1"),
-        proxy.clone(),
-    ));
-    process::wait("the first response", Duration::from_secs(20), || {
-        !proxy.0.lock().unwrap().is_empty()
-    });
+    let proxy = control.proxy(&rt);
     std::fs::write(
         dir.join("cluster/pod.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use process::Recording;
-
 const IDLE: usize = 2000;
 const SLOW: usize = 200;
 
@@ -29,20 +27,10 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
     let dir = process::cluster_dir("flood");
     // Started before the test raises its own limit: the control plane must raise its own.
     let control = process::start(&dir);
-    process::wait("ready", Duration::from_secs(20), || {
-        control.get("/ready").is_some_and(|(c, _)| c == 200)
-    });
+    control.wait_ready();
     mesh_core::socket::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let early = Recording::default();
-    rt.spawn(mesh_core::control::run_xds(
-        control.plane(),
-        process::node("node1"),
-        early.clone(),
-    ));
-    process::wait("the early proxy", Duration::from_secs(20), || {
-        !early.0.lock().unwrap().is_empty()
-    });
+    let early = control.proxy(&rt);
 
     let idle: Vec<TcpStream> = (0..IDLE)
         .map(|_| TcpStream::connect(control.grpc).expect("connect"))
@@ -76,17 +64,8 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
         Duration::from_secs(20),
         || early.0.lock().unwrap().len() == 2,
     );
-    let late = Recording::default();
-    rt.spawn(mesh_core::control::run_xds(
-        control.plane(),
-        process::node("node1"),
-        late.clone(),
-    ));
-    process::wait(
-        "a new proxy during the flood",
-        Duration::from_secs(20),
-        || !late.0.lock().unwrap().is_empty(),
-    );
+    // A new proxy during the flood: it gets its first response.
+    let _late = control.proxy(&rt);
 
     // Idle connections are closed at the handshake timeout (10 s).
     let mut sample = idle.into_iter().next().unwrap();
@@ -120,19 +99,9 @@ fn idle_and_slow_connections_do_not_starve_proxies() {
 fn past_max_connections_new_ones_are_closed_and_counted() {
     let dir = process::cluster_dir("cap");
     let control = process::start_with(&dir, "control", "maxConnections: 100\n");
-    process::wait("ready", Duration::from_secs(20), || {
-        control.get("/ready").is_some_and(|(c, _)| c == 200)
-    });
+    control.wait_ready();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let early = Recording::default();
-    rt.spawn(mesh_core::control::run_xds(
-        control.plane(),
-        process::node("node1"),
-        early.clone(),
-    ));
-    process::wait("the early proxy", Duration::from_secs(20), || {
-        !early.0.lock().unwrap().is_empty()
-    });
+    let early = control.proxy(&rt);
     let held: Vec<TcpStream> = (0..150)
         .map(|_| TcpStream::connect(control.grpc).expect("connect"))
         .collect();

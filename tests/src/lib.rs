@@ -617,19 +617,14 @@ impl Cluster {
 
     pub fn start_ztunnel(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
-        let log = std::fs::File::create(self.dir.join(format!("ztunnel-n{}.log", i + 1)))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
-            .arg(bin("ztunnel")?)
-            .arg("--config")
-            .arg(&node.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let log = self.dir.join(format!("ztunnel-n{}.log", i + 1));
+        let config = node.config.as_os_str().to_owned();
+        let child = spawn_in_node(
+            &node.netns,
+            "ztunnel",
+            &["--config".as_ref(), &config],
+            &log,
+        )?;
         node.ztunnel = Some(child);
         let netns = node.netns.clone();
         poll("ztunnel to be ready", Duration::from_secs(20), || {
@@ -644,22 +639,15 @@ impl Cluster {
     /// Starts the node agent (`mesh-cni-agent`, local mode) of node `i`: ztunnel gets the node's pods from it.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("agent-n{}.log", i + 1)))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
-            .arg(bin("mesh-cni-agent")?)
-            .args(["--mode", "local", "--run-dir"])
-            .arg(&node.run_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let log = self.dir.join(format!("agent-n{}.log", i + 1));
+        let run_dir = node.run_dir.as_os_str().to_owned();
+        let args = [
+            "--mode".as_ref(),
+            "local".as_ref(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+        ];
+        let child = spawn_in_node(&node.netns, "mesh-cni-agent", &args, &log)?;
         node.agent = Some(child);
         let sock = node.run_dir.join("mesh-cni.sock");
         poll("node agent to listen", Duration::from_secs(20), || {
@@ -803,6 +791,31 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs one of the mesh's binaries inside a node's network namespace, its output appended to `log` (a restarted
+/// process adds to its predecessor's log), at `MESH_LOG` (default info).
+fn spawn_in_node(
+    netns: &str,
+    binary: &str,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin(binary)?)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }
 
 /// A minimal HTTP/1.0 GET from inside network namespace `netns`.

@@ -167,3 +167,30 @@ pub fn wait(what: &str, deadline: std::time::Duration, f: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+impl Control {
+    /// Waits until `/ready` answers 200.
+    pub fn wait_ready(&self) {
+        wait(
+            "the control plane to be ready",
+            std::time::Duration::from_secs(20),
+            || self.get("/ready").is_some_and(|(c, _)| c == 200),
+        );
+    }
+
+    /// A proxy (node1's) with an xDS stream open on `rt`, once it has its first response.
+    pub fn proxy(&self, rt: &tokio::runtime::Runtime) -> Recording {
+        let seen = Recording::default();
+        rt.spawn(mesh_core::control::run_xds(
+            self.plane(),
+            node("node1"),
+            seen.clone(),
+        ));
+        wait(
+            "a proxy's first response",
+            std::time::Duration::from_secs(30),
+            || !seen.0.lock().unwrap().is_empty(),
+        );
+        seen
+    }
+}
