@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
+    mesh_core::tls::install_default_provider();
     let matches = <Args as clap::CommandFactory>::command()
         .after_help(
             mesh_core::config::help_text::<mesh_control::config::Config>(mesh_control::config::ENV),

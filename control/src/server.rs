@@ -64,7 +64,7 @@ pub const CONTROL_DNS: &[&str] = &[
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub version: u64,
-    pub config: ConfigSet,
+    pub config: Arc<ConfigSet>,
     pub diagnostics: Vec<String>,
 }
 
@@ -361,7 +361,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn publish(&mut self, set: &ConfigSet, diagnostics: &[Diagnostic], observed: Instant) {
+    pub fn publish(&mut self, set: &Arc<ConfigSet>, diagnostics: &[Diagnostic], observed: Instant) {
         log_diagnostics(diagnostics);
         self.rejected
             .set(diagnostics.iter().filter(|d| d.is_error()).count() as i64);
@@ -373,14 +373,16 @@ impl Publisher {
             "config pushed"
         );
         self.nodes.store(Arc::new(out.nodes));
-        self.snapshots.send_replace(Arc::new(Snapshot {
-            version: self.version,
+        let previous = self.snapshots.borrow().clone();
+        self.snapshots.send_replace(Arc::new(Snapshot::new(
+            self.version,
             observed,
-            resources: out.resources,
-        }));
+            out.resources,
+            Some(&previous),
+        )));
         self.status.store(Arc::new(Status {
             version: self.version,
-            config: set.clone(),
+            config: Arc::clone(set),
             // Load-time rejections, then the cross-object checks `meshctl analyze` runs.
             diagnostics: diagnostics
                 .iter()
@@ -391,9 +393,14 @@ impl Publisher {
     }
 }
 
-/// File mode: polls the directory, debounces, reloads (keeping last good objects), publishes.
+/// File mode: waits for a change (inotify, with a slow poll behind it for what inotify misses, e.g. a
+/// ConfigMap's symlink swap or a directory created later), debounces, reloads only the changed files (keeping
+/// last good objects), publishes.
 async fn watch_dir(cfg: Config, mut publisher: Publisher) {
-    let mut previous: Option<ConfigSet> = None;
+    let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+    let _watcher = notify_on_change(&cfg.config_dir, wake_tx);
+    let mut cache = model::DirCache::default();
+    let mut previous: Option<Arc<ConfigSet>> = None;
     let mut seen = None;
     loop {
         let now = fingerprint(&cfg.config_dir);
@@ -401,16 +408,44 @@ async fn watch_dir(cfg: Config, mut publisher: Publisher) {
             let observed = Instant::now();
             // Let a burst of edits settle into one push.
             tokio::time::sleep(cfg.debounce).await;
+            while wake.try_recv().is_ok() {}
             if fingerprint(&cfg.config_dir) != now {
                 continue;
             }
             seen = Some(now);
-            let (set, diagnostics) = model::load_dir(&cfg.config_dir, previous.as_ref());
+            let (set, diagnostics) = cache.load(&cfg.config_dir, previous.as_deref());
+            let set = Arc::new(set);
             publisher.publish(&set, &diagnostics, observed);
             previous = Some(set);
         }
-        tokio::time::sleep(cfg.poll_interval).await;
+        tokio::select! {
+            _ = wake.recv() => {}
+            _ = tokio::time::sleep(cfg.poll_interval) => {}
+        }
     }
+}
+
+/// Wakes `wake` on any change under `dir`. Without inotify (e.g. out of watches) the poll alone notices changes.
+fn notify_on_change(
+    dir: &Path,
+    wake: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = wake.try_send(());
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config directory; polling only");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling only");
+        return None;
+    }
+    Some(watcher)
 }
 
 /// Kubernetes mode: every replica publishes what the watchers see; only the Lease holder writes.

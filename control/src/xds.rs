@@ -28,13 +28,49 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ca::Authenticator;
 pub use mesh_translate::Resource;
 
+/// Resources of one type by name. Names are shared (`Arc<str>`) with the previous snapshot and with what every
+/// stream records as sent, so 100 proxies holding 10k resources keep one copy of each name, not 100.
+pub type ByName = BTreeMap<Arc<str>, Resource>;
+
 /// Every resource of every type, as of one config change.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub version: u64,
     /// When the config change behind this snapshot was observed (for convergence time).
     pub observed: Instant,
-    pub resources: BTreeMap<String, BTreeMap<String, Resource>>,
+    pub resources: BTreeMap<String, ByName>,
+}
+
+impl Snapshot {
+    /// A snapshot of `resources`, reusing `previous`'s name allocations for names it already had.
+    pub fn new(
+        version: u64,
+        observed: Instant,
+        resources: BTreeMap<String, BTreeMap<String, Resource>>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let resources = resources
+            .into_iter()
+            .map(|(type_url, by_name)| {
+                let old = previous.and_then(|p| p.resources.get(&type_url));
+                let by_name = by_name
+                    .into_iter()
+                    .map(|(name, r)| {
+                        let key = old
+                            .and_then(|o| o.get_key_value(name.as_str()))
+                            .map_or_else(|| Arc::from(name), |(k, _)| Arc::clone(k));
+                        (key, r)
+                    })
+                    .collect();
+                (type_url, by_name)
+            })
+            .collect();
+        Self {
+            version,
+            observed,
+            resources,
+        }
+    }
 }
 
 impl Default for Snapshot {
@@ -171,8 +207,8 @@ impl AggregatedDiscoveryService for AdsService {
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client has: name → version.
-    sent: HashMap<String, String>,
+    /// What the client has: name → version (the resource's hash; 0 for a version that is not ours).
+    sent: HashMap<Arc<str>, u64>,
     /// Nonce of the last response and when its config change was observed (`None`: the first response).
     pending: Option<(String, Option<Instant>)>,
 }
@@ -247,7 +283,17 @@ impl Conn {
         };
         let state = self.types.entry(req.type_url.clone()).or_default();
         if first {
-            state.sent = req.initial_resource_versions.clone().into_iter().collect();
+            let known = snap.resources.get(&req.type_url);
+            state.sent = req
+                .initial_resource_versions
+                .iter()
+                .map(|(name, version)| {
+                    let name = known
+                        .and_then(|k| k.get_key_value(name.as_str()))
+                        .map_or_else(|| Arc::from(name.as_str()), |(k, _)| Arc::clone(k));
+                    (name, u64::from_str_radix(version, 16).unwrap_or(0))
+                })
+                .collect();
             state.wildcard = req.resource_names_subscribe.is_empty();
         }
         if !req.response_nonce.is_empty() {
@@ -278,7 +324,7 @@ impl Conn {
                 state.wildcard = false;
             } else {
                 state.names.remove(name);
-                state.sent.remove(name);
+                state.sent.remove(name.as_str());
             }
         }
         let changed_subscriptions =
@@ -297,31 +343,32 @@ impl Conn {
         let empty = BTreeMap::new();
         let current = snap.resources.get(type_url).unwrap_or(&empty);
         let mut resources = Vec::new();
+        let mut sending = Vec::new();
         for (name, res) in current {
             if state.wants(name) && state.sent.get(name) != Some(&res.version) {
                 resources.push(XdsResource {
-                    name: name.clone(),
-                    version: res.version.clone(),
+                    name: name.to_string(),
+                    version: res.version_text(),
                     resource: Some(res.body.clone()),
                     ..Default::default()
                 });
+                sending.push((Arc::clone(name), res.version));
             }
         }
-        let removed: Vec<String> = state
+        let removed: Vec<Arc<str>> = state
             .sent
             .keys()
-            .filter(|n| !current.contains_key(*n) || !state.wants(n))
+            .filter(|n| !current.contains_key(&***n) || !state.wants(n))
             .cloned()
             .collect();
         if resources.is_empty() && removed.is_empty() && !always {
             return Ok(());
         }
-        for r in &resources {
-            state.sent.insert(r.name.clone(), r.version.clone());
-        }
+        state.sent.extend(sending);
         for n in &removed {
             state.sent.remove(n);
         }
+        let removed: Vec<String> = removed.iter().map(|n| n.to_string()).collect();
         self.nonce += 1;
         let nonce = format!("{}-{}", snap.version, self.nonce);
         // A stream's first response carries the config as it is, not a change: it has no convergence time (its

@@ -6,6 +6,15 @@ mod process;
 
 use std::time::Duration;
 
+/// One Pod on node1: a change every connected proxy is sent.
+fn add_pod(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("cluster/pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",
+    )
+    .unwrap();
+}
+
 #[test]
 fn convergence_counts_pushed_changes_only() {
     let dir = process::cluster_dir("convergence");
@@ -15,11 +24,7 @@ fn convergence_counts_pushed_changes_only() {
     std::thread::sleep(Duration::from_secs(2));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let proxy = control.proxy(&rt);
-    std::fs::write(
-        dir.join("cluster/pod.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: x}]}\nstatus: {podIP: 198.18.0.1}\n",
-    )
-    .unwrap();
+    add_pod(&dir);
     process::wait(
         "the change to reach the proxy",
         Duration::from_secs(20),
@@ -42,6 +47,25 @@ fn convergence_counts_pushed_changes_only() {
     );
     let sum = control.metric("pilot_proxy_convergence_time_sum").unwrap();
     assert!(sum < 1.0, "{sum} s recorded for one pushed change");
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// File mode reacts to a change when it happens (inotify), not on its next poll: with a ten-minute poll, a new
+/// Pod still reaches a connected proxy within seconds.
+#[test]
+fn a_file_change_is_picked_up_without_waiting_for_the_poll() {
+    let dir = process::cluster_dir("inotify");
+    let control = process::start_with(&dir, "control", "pollInterval: 10m\n");
+    control.wait_ready();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = control.proxy(&rt);
+    add_pod(&dir);
+    process::wait(
+        "the change to reach the proxy well before the next poll",
+        Duration::from_secs(10),
+        || proxy.0.lock().unwrap().len() == 2,
+    );
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }

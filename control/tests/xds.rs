@@ -36,11 +36,7 @@ fn snapshot(version: u64, items: &[(&str, &str)]) -> Arc<Snapshot> {
         .collect();
     let mut resources = BTreeMap::new();
     resources.insert(ADDRESS_TYPE_URL.to_string(), map);
-    Arc::new(Snapshot {
-        version,
-        observed: Instant::now(),
-        resources,
-    })
+    Arc::new(Snapshot::new(version, Instant::now(), resources, None))
 }
 
 struct Harness {

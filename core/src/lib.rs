@@ -13,6 +13,7 @@
 //! - [`netns`] and [`socket`]: network namespaces, original destination, socket marks.
 
 pub mod admin;
+pub mod buffers;
 pub mod ca;
 pub mod certs;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod hbone;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod relay;
 pub mod socket;
 pub mod tls;
 pub mod workload;

@@ -123,9 +123,16 @@ impl WorkloadCert {
     }
 }
 
-/// The crypto provider the mesh uses everywhere (ring: no C toolchain beyond cc, fast to build).
+/// Makes [`provider`] the process default, for libraries that build TLS configs without naming one (kube's
+/// client): with two providers compiled in, rustls cannot pick one itself. Call once, first thing in `main`.
+pub fn install_default_provider() {
+    // An error means one is installed already, which is all this wants.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The crypto provider of every mesh TLS session (aws-lc-rs: the fastest AES-GCM rustls offers; it builds with cc).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {

@@ -139,6 +139,7 @@ async fn streams_are_capped_per_connection() {
     let s = server(d.watch()).await;
     let p = pool(PoolSettings {
         max_streams_per_connection: 2,
+        connections_per_peer: 1,
         ..Default::default()
     });
     let mut a = open(&p, &s).await;
@@ -157,6 +158,43 @@ async fn streams_are_capped_per_connection() {
     let mut d2 = open(&p, &s).await;
     assert_eq!(p.connections(), 2, "a freed stream slot is reused");
     assert_eq!(echo(&mut d2, b"d").await, b"d");
+}
+
+#[tokio::test]
+async fn concurrent_streams_spread_over_connections_up_to_the_per_peer_limit() {
+    let d = Drain::new();
+    let s = server(d.watch()).await;
+    let p = pool(PoolSettings {
+        connections_per_peer: 2,
+        ..Default::default()
+    });
+    let mut a = open(&p, &s).await;
+    drop(a);
+    let mut a2 = open(&p, &s).await;
+    assert_eq!(
+        p.connections(),
+        1,
+        "a sequential stream reuses the idle connection"
+    );
+    let mut b = open(&p, &s).await;
+    assert_eq!(
+        p.connections(),
+        2,
+        "a concurrent stream gets a connection of its own"
+    );
+    let mut c = open(&p, &s).await;
+    assert_eq!(p.connections(), 2, "no more than the per-peer limit");
+    for (t, m) in [(&mut a2, b"a"), (&mut b, b"b"), (&mut c, b"c")] {
+        assert_eq!(echo(t, m).await, m);
+    }
+    drop((a2, b, c));
+    a = open(&p, &s).await;
+    assert_eq!(echo(&mut a, b"again").await, b"again");
+    assert_eq!(
+        p.connections(),
+        2,
+        "both stay pooled while within the idle timeout"
+    );
 }
 
 #[tokio::test]
@@ -243,7 +281,11 @@ async fn per_conn_server() -> PerConnServer {
 #[tokio::test]
 async fn after_goaway_new_streams_open_on_a_new_connection() {
     let s = per_conn_server().await;
-    let p = pool(PoolSettings::default());
+    // One connection per peer: the second connection must come from the GOAWAY, not from spreading.
+    let p = pool(PoolSettings {
+        connections_per_peer: 1,
+        ..Default::default()
+    });
     let mut old = open(&p, &s.inner).await;
     assert_eq!(echo(&mut old, b"1").await, b"1");
     let drained = s.goaway(0);
@@ -354,6 +396,7 @@ async fn a_renewed_certificate_opens_a_new_connection_and_the_old_one_ages_out()
     let s = server(d.watch()).await;
     let p = pool(PoolSettings {
         idle_timeout: Duration::from_millis(300),
+        connections_per_peer: 1,
         ..Default::default()
     });
     let mut old = open(&p, &s).await;

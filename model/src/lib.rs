@@ -44,7 +44,7 @@ pub use destination_rule::*;
 pub use gateway::*;
 pub use istio::*;
 pub use k8s::*;
-pub use load::{load_dir, load_str, load_value, LoadError};
+pub use load::{load_dir, load_str, load_value, DirCache, LoadError};
 pub use meta::*;
 pub use security::*;
 pub use set::{ConfigSet, Entry};

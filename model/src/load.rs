@@ -26,6 +26,7 @@ pub enum LoadError {
 const MAX_DEPTH: usize = 16;
 
 /// What became of one YAML document, in file order.
+#[derive(Clone)]
 enum Outcome {
     Accepted(Box<Object>),
     /// Invalid: the previous version of this object, if any, is kept.
@@ -33,6 +34,7 @@ enum Outcome {
 }
 
 /// One file's documents, parsed.
+#[derive(Clone)]
 struct Parsed {
     outcomes: Vec<Outcome>,
     diagnostics: Vec<Diagnostic>,
@@ -383,6 +385,68 @@ fn list_files(
 /// Declaring the same (kind, namespace, name) twice is an error on the second declaration (files are read
 /// in path order); the first one stands.
 pub fn load_dir(dir: &Path, previous: Option<&ConfigSet>) -> (ConfigSet, Vec<Diagnostic>) {
+    DirCache::default().load(dir, previous)
+}
+
+/// What each file parsed into, by (path, modified time, length): a reload re-reads and re-parses only the files
+/// that changed, so one edited file among many costs one file's parse.
+#[derive(Default)]
+pub struct DirCache {
+    files: std::collections::HashMap<PathBuf, (Option<std::time::SystemTime>, u64, Parsed)>,
+    parsed: u64,
+}
+
+impl DirCache {
+    /// Files read and parsed so far (the others were served from the cache).
+    pub fn files_parsed(&self) -> u64 {
+        self.parsed
+    }
+
+    /// [`load_dir`], reusing what unchanged files parsed into last time.
+    pub fn load(
+        &mut self,
+        dir: &Path,
+        previous: Option<&ConfigSet>,
+    ) -> (ConfigSet, Vec<Diagnostic>) {
+        load_with(dir, previous, self)
+    }
+
+    fn parse(&mut self, file: &Path) -> Result<Parsed, LoadError> {
+        let stamp = fs::metadata(file).map(|m| (m.modified().ok(), m.len()));
+        if let Ok((modified, len)) = stamp {
+            if let Some((m, l, parsed)) = self.files.get(file) {
+                // A file rewritten within the clock's resolution keeps its stamp unless its length changed:
+                // the modification time must also be old enough to be trusted.
+                let settled = modified
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(2));
+                if *m == modified && *l == len && settled {
+                    return Ok(parsed.clone());
+                }
+            }
+        }
+        self.parsed += 1;
+        let parsed = fs::read_to_string(file)
+            .map_err(LoadError::from)
+            .and_then(|text| parse_text(&text, Some(file)));
+        match (&parsed, stamp) {
+            (Ok(p), Ok((modified, len))) => {
+                self.files
+                    .insert(file.to_path_buf(), (modified, len, p.clone()));
+            }
+            _ => {
+                self.files.remove(file);
+            }
+        }
+        parsed
+    }
+}
+
+fn load_with(
+    dir: &Path,
+    previous: Option<&ConfigSet>,
+    cache: &mut DirCache,
+) -> (ConfigSet, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut files = Vec::new();
     // Files or directories that could not be read: previous objects from under them are kept.
@@ -397,11 +461,10 @@ pub fn load_dir(dir: &Path, previous: Option<&ConfigSet>) -> (ConfigSet, Vec<Dia
     let mut set = ConfigSet::new();
     let mut declared: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
     let mut keep_previous = Vec::new();
+    let listed: std::collections::HashSet<&PathBuf> = files.iter().collect();
+    cache.files.retain(|f, _| listed.contains(f));
     for file in files {
-        let parsed = fs::read_to_string(&file)
-            .map_err(LoadError::from)
-            .and_then(|text| parse_text(&text, Some(&file)));
-        let parsed = match parsed {
+        let parsed = match cache.parse(&file) {
             Ok(p) => p,
             Err(e) => {
                 diagnostics.push(file_diag(Some(&file), e.to_string()));

@@ -8,6 +8,7 @@
 //!
 //! Everything is torn down on drop. Names carry a per-cluster prefix so tests run side by side.
 
+pub mod bench;
 pub mod control;
 pub mod http;
 pub mod kube_api;

@@ -21,7 +21,7 @@ pub use workloads::{translate, translate_with, Translated, DEFAULT_ROOT_NAMESPAC
 /// One resource as served: its version is a hash of its bytes, so an unchanged resource keeps its version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
-    pub version: String,
+    pub version: u64,
     pub body: prost_types::Any,
 }
 
@@ -30,9 +30,14 @@ impl Resource {
         let body =
             prost_types::Any::from_msg(msg).expect("encoding a message into Any cannot fail");
         Self {
-            version: format!("{:016x}", fnv1a(&body.value)),
+            version: fnv1a(&body.value),
             body,
         }
+    }
+
+    /// The version as xDS carries it (16 hex digits).
+    pub fn version_text(&self) -> String {
+        format!("{:016x}", self.version)
     }
 }
 

@@ -422,13 +422,14 @@ pub async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, down: &Downstream
             cluster.record(w.ip, Outcome::Status(200), endpoints.len());
             let l = labels(ResponseFlags::None);
             m.opened.get_or_create(&l).inc();
-            let (rx, tx) = match tokio::io::copy_bidirectional(&mut io, &mut up).await {
-                Ok(counts) => counts,
-                Err(e) => {
-                    tracing::debug!(error = %e, "opaque TCP ended with error");
-                    (0, 0)
-                }
-            };
+            let (rx, tx) =
+                match mesh_core::relay::copy_bidirectional(&mut io, &mut up, 64 * 1024).await {
+                    Ok(counts) => counts,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "opaque TCP ended with error");
+                        (0, 0)
+                    }
+                };
             m.received_bytes.get_or_create(&l).inc_by(rx);
             m.sent_bytes.get_or_create(&l).inc_by(tx);
             m.closed.get_or_create(&l).inc();

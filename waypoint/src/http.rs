@@ -374,7 +374,7 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgra
                 hyper_util::rt::TokioIo::new(c),
                 hyper_util::rt::TokioIo::new(s),
             );
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+            if let Err(e) = mesh_core::relay::copy_bidirectional(&mut c, &mut s, 64 * 1024).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
         }

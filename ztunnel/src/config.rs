@@ -36,8 +36,11 @@ pub struct Config {
     pub state_poll_interval: Duration,
     pub h2: H2Settings,
     pub pool: PoolSettings,
-    /// Buffer size of each direction of a proxied connection.
+    /// The most one read of a proxied connection's direction moves. Reads start at 16 KiB and double while they
+    /// fill their buffer; buffers are lent per read, so an idle connection holds none.
     pub copy_buffer_bytes: usize,
+    /// Threads carrying connections (env `ZTUNNEL_WORKER_THREADS`, Istio's name); 0: one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -57,7 +60,8 @@ impl Default for Config {
             state_poll_interval: Duration::from_secs(1),
             h2: H2Settings::default(),
             pool: PoolSettings::default(),
-            copy_buffer_bytes: 256 * 1024,
+            copy_buffer_bytes: 1024 * 1024,
+            worker_threads: 0,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Config {
         env_override("ADMIN_ADDR", &mut cfg.admin_addr)?;
         env_override("METRICS_ADDR", &mut cfg.metrics_addr)?;
         env_override("READINESS_ADDR", &mut cfg.readiness_addr)?;
+        env_override("ZTUNNEL_WORKER_THREADS", &mut cfg.worker_threads)?;
         if let Ok(p) = std::env::var("LOCAL_STATE_FILE") {
             cfg.local_state_file = Some(p.into());
         }
@@ -138,6 +143,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("READINESS_ADDR", "readinessAddr"),
     ("LOCAL_STATE_FILE", "localStateFile"),
     ("DEV_CA_DIR", "devCaDir"),
+    ("ZTUNNEL_WORKER_THREADS", "workerThreads"),
 ];
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
+    mesh_core::tls::install_default_provider();
     let matches = <Args as clap::CommandFactory>::command()
         .after_help(mesh_core::config::help_text::<ztunnel::config::Config>(
             ztunnel::config::ENV,
@@ -39,7 +40,11 @@ fn run() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.worker_threads > 0 {
+        rt.worker_threads(cfg.worker_threads);
+    }
+    let rt = rt
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

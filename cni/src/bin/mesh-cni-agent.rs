@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     mesh_core::process::init_tracing();
+    mesh_core::tls::install_default_provider();
     let args = Args::parse();
     if args.mode == Mode::Kubernetes && args.node_name.is_empty() {
         anyhow::bail!("NODE_NAME (--node-name) must be set in Kubernetes mode: the agent watches its node's pods");

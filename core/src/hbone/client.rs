@@ -1,7 +1,9 @@
 //! HBONE client: a pool of mTLS HTTP/2 connections keyed by (source identity, destination identity, address).
 //!
-//! Streams are multiplexed up to a per-connection cap; a connection lives while it has streams or was used
-//! within the idle timeout, and is kept alive by PINGs. Concurrent callers for one key share one dial.
+//! Streams are multiplexed up to a per-connection cap; concurrent streams spread over up to
+//! `connections_per_peer` connections so that more than one core can carry them. A connection lives while it has
+//! streams or was used within the idle timeout, and is kept alive by PINGs. Concurrent callers for one key share
+//! one dial.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +43,11 @@ pub struct ConnectRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct PoolSettings {
     pub max_streams_per_connection: usize,
+    /// Connections one (source, destination) pair may spread its concurrent streams over. One HTTP/2 connection
+    /// is driven by one task, so one core encrypts everything on it; spreading lets parallel connections between
+    /// two pods use several cores. A new stream opens another connection only while every existing one is busy
+    /// and there are fewer than this many, so sequential connections keep reusing one.
+    pub connections_per_peer: usize,
     #[serde(with = "mesh_primitives::duration")]
     pub idle_timeout: Duration,
     #[serde(with = "mesh_primitives::duration")]
@@ -51,6 +58,9 @@ impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             max_streams_per_connection: 100,
+            connections_per_peer: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, 8),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
         }
@@ -110,7 +120,11 @@ impl Drop for StreamGuard {
 
 enum Checkout {
     Ready(Conn),
-    Wait(Dial),
+    /// Wait for this dial, then check out again; `spreading`: a working connection exists.
+    Wait {
+        dial: Dial,
+        spreading: bool,
+    },
 }
 
 impl Pool {
@@ -142,8 +156,9 @@ impl Pool {
         // a stream is refused: that connection leaves the pool and the stream is retried on another. Bounded,
         // since a server that GOAWAYs every connection at once would otherwise be dialed forever.
         let mut goaways = 0;
+        let mut spread = true;
         loop {
-            match self.checkout(&key, cert) {
+            match self.checkout(&key, cert, spread) {
                 Checkout::Ready(conn) => {
                     let state = conn.state.clone();
                     match self.open_stream(conn, key.dst_addr, req.clone()).await {
@@ -156,7 +171,15 @@ impl Pool {
                         other => return other,
                     }
                 }
-                Checkout::Wait(dial) => dial.await.map_err(|e| shared_error(&e, key.dst_addr))?,
+                Checkout::Wait { dial, spreading } => {
+                    if let Err(e) = dial.await {
+                        // A failed extra connection is no reason to fail a stream a working one can carry.
+                        if !spreading {
+                            return Err(shared_error(&e, key.dst_addr));
+                        }
+                        spread = false;
+                    }
+                }
             }
         }
     }
@@ -171,22 +194,33 @@ impl Pool {
             .count()
     }
 
-    fn checkout(&self, key: &PoolKey, cert: &WorkloadCert) -> Checkout {
-        let max = self.inner.settings.max_streams_per_connection;
+    /// A connection for one more stream: the least busy one that may take it, unless all are busy and another
+    /// may be opened (`spread`), in which case the caller waits for that dial and checks out again.
+    fn checkout(&self, key: &PoolKey, cert: &WorkloadCert, spread: bool) -> Checkout {
+        let settings = &self.inner.settings;
         let mut slots = self.inner.slots.lock().expect("pool lock poisoned");
         let slot = slots.entry(key.clone()).or_default();
         slot.conns.retain(|c| c.state.alive.load(Ordering::Acquire));
         let leaf = cert.chain().first();
-        if let Some(c) = slot
-            .conns
-            .iter()
-            .find(|c| Some(&c.leaf) == leaf && c.state.active.load(Ordering::Acquire) < max)
-        {
-            c.state.active.fetch_add(1, Ordering::AcqRel);
-            return Checkout::Ready(c.clone());
+        let usable = slot.conns.iter().filter(|c| Some(&c.leaf) == leaf);
+        let count = usable.clone().count();
+        let best = usable
+            .map(|c| (c.state.active.load(Ordering::Acquire), c))
+            .filter(|(n, _)| *n < settings.max_streams_per_connection)
+            .min_by_key(|(n, _)| *n);
+        let may_open = spread && count < settings.connections_per_peer.max(1);
+        if let Some((active, c)) = best {
+            if active == 0 || !may_open {
+                c.state.active.fetch_add(1, Ordering::AcqRel);
+                return Checkout::Ready(c.clone());
+            }
         }
+        let spreading = best.is_some();
         if let Some(d) = &slot.dialing {
-            return Checkout::Wait(d.clone());
+            return Checkout::Wait {
+                dial: d.clone(),
+                spreading,
+            };
         }
         let dial = self
             .clone()
@@ -194,7 +228,7 @@ impl Pool {
             .boxed()
             .shared();
         slot.dialing = Some(dial.clone());
-        Checkout::Wait(dial)
+        Checkout::Wait { dial, spreading }
     }
 
     async fn dial(self, key: PoolKey, cert: WorkloadCert) -> Result<(), Arc<HboneError>> {
@@ -223,10 +257,13 @@ impl Pool {
                 source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
             })?
             .map_err(|source| HboneError::Connect { addr, source })?;
+        // HTTP/2 writes a frame header and its payload apart: with Nagle on, a small request's tail waits for the
+        // peer's delayed ACK (40 ms). Set here, whatever socket the factory made.
+        let _ = tcp.set_nodelay(true);
         let tls_config = cert.client_config(vec![key.dst.clone()])?;
         let server_name = ServerName::IpAddress(addr.ip().into());
-        let tls = match tokio_rustls::TlsConnector::from(tls_config)
-            .connect(server_name, tcp)
+        let mut tls = match tokio_rustls::TlsConnector::from(tls_config)
+            .connect(server_name, super::transport(tcp))
             .await
         {
             Ok(t) => t,
@@ -239,6 +276,9 @@ impl Pool {
                 return Err(HboneError::Handshake { addr, source });
             }
         };
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
         let h2s = &self.inner.h2;
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(h2s.stream_window)

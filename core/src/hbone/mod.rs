@@ -18,6 +18,22 @@ pub use stream::H2Stream;
 
 use mesh_primitives::identity::Identity;
 
+use crate::buffers::Batched;
+
+/// The TCP side of an HBONE connection, under TLS: read in batches of [`READ_BATCH`] bytes, so one `recvfrom`
+/// brings in many TLS records (rustls on its own reads about one record per call).
+pub type Transport = Batched<tokio::net::TcpStream>;
+
+/// Bytes one read of an HBONE connection's socket may bring in.
+pub const READ_BATCH: usize = 256 * 1024;
+
+/// Plaintext rustls may hold encrypted and unsent per connection (its default is 64 KiB): more per `writev`.
+pub const TLS_SEND_BUFFER: usize = 512 * 1024;
+
+fn transport(tcp: tokio::net::TcpStream) -> Transport {
+    Batched::new(tcp, READ_BATCH)
+}
+
 /// HTTP/2 sizing for throughput: a few MiB per stream, more per connection, large frames.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]

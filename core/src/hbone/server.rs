@@ -11,6 +11,8 @@ use h2::RecvStream;
 use http::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+
+use super::Transport;
 use tokio_rustls::TlsAcceptor;
 
 use super::{H2Settings, H2Stream};
@@ -72,10 +74,14 @@ pub async fn accept_tls(
     tcp: TcpStream,
     peer: SocketAddr,
     metrics: &HboneMetrics,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<TlsStream<Transport>> {
+    let tcp = super::transport(tcp);
     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
+        Ok(Ok(mut tls)) => {
             metrics.connection_opened(Direction::inbound);
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
             Some(tls)
         }
         Ok(Err(e)) => {
@@ -94,7 +100,7 @@ pub async fn accept_tls(
 
 /// Serves HBONE on an established TLS connection until the peer leaves or the drain closes it (GOAWAY first).
 pub async fn serve_connection<H: ConnectHandler>(
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<Transport>,
     peer_addr: SocketAddr,
     settings: &H2Settings,
     handler: Arc<H>,

@@ -15,6 +15,8 @@ pub struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     pending: Bytes,
+    /// An error that came after data the last read returned.
+    deferred: Option<io::Error>,
     shut: bool,
     _guard: Option<DropGuard>,
 }
@@ -25,6 +27,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            deferred: None,
             shut: false,
             _guard: guard,
         }
@@ -49,14 +52,26 @@ impl AsyncRead for H2Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Fill `buf` with as many frames as are already here, so the writer on the other side gets one large
+        // write rather than one per frame; return as soon as nothing more is ready.
+        if let Some(e) = self.deferred.take() {
+            return Poll::Ready(Err(e));
+        }
+        let start = buf.filled().len();
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
                 buf.put_slice(&self.pending[..n]);
                 self.pending.advance(n);
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let polled = self.recv.poll_data(cx);
+            if buf.filled().len() > start && polled.is_pending() {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.recv.poll_data(cx)) {
+            match ready!(polled) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => {
                     // Window is returned at once; what we buffer is bounded by this one frame.
@@ -65,6 +80,11 @@ impl AsyncRead for H2Stream {
                 }
                 Some(Err(e)) => {
                     if e.reason() == Some(h2::Reason::NO_ERROR) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if buf.filled().len() > start {
+                        // What was read is delivered first; the error comes with the next read.
+                        self.deferred = Some(to_io(e));
                         return Poll::Ready(Ok(()));
                     }
                     return Poll::Ready(Err(to_io(e)));

@@ -1,7 +1,7 @@
 //! Loading a directory: last-good retention, per-file syntax errors, duplicates, and the set's dump form.
 
 use super::{errors, TempDir};
-use crate::{load_dir, load_str, ConfigSet, Kind, Object, ObjectKey, Severity};
+use crate::{load_dir, load_str, ConfigSet, DirCache, Kind, Object, ObjectKey, Severity};
 
 fn vs(name: &str, weight: &str) -> String {
     format!(
@@ -225,4 +225,44 @@ fn blank_values_mean_empty_and_number_like_labels_stay_strings() {
         s.spec.selector.get("build").map(String::as_str),
         Some("0755")
     );
+}
+
+/// Backdates a file's modification time past the window in which a stamp is not trusted.
+fn settle(dir: &TempDir, name: &str) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
+}
+
+#[test]
+fn a_reload_parses_only_the_files_that_changed() {
+    let dir = TempDir::new("cache");
+    dir.write("vs.yaml", &vs("x", "100"));
+    dir.write("svc.yaml", &svc("s", 80));
+    settle(&dir, "vs.yaml");
+    settle(&dir, "svc.yaml");
+    let mut cache = DirCache::default();
+    let (first, _) = cache.load(dir.path(), None);
+    assert_eq!(cache.files_parsed(), 2);
+    let (again, diags) = cache.load(dir.path(), Some(&first));
+    assert_eq!(cache.files_parsed(), 2, "nothing changed: nothing parsed");
+    assert!(errors(&diags).is_empty());
+    assert_eq!(svc_port(&again, "s"), Some(80), "cached objects are served");
+    dir.write("svc.yaml", &svc("s", 81));
+    let (third, _) = cache.load(dir.path(), Some(&again));
+    assert_eq!(
+        cache.files_parsed(),
+        3,
+        "only the edited file is parsed again"
+    );
+    assert_eq!(
+        (vs_weight(&third, "x"), svc_port(&third, "s")),
+        (Some(100), Some(81))
+    );
+    std::fs::remove_file(dir.path().join("vs.yaml")).unwrap();
+    let (fourth, _) = cache.load(dir.path(), Some(&third));
+    assert_eq!(vs_weight(&fourth, "x"), None, "a removed file's objects go");
 }

@@ -4,7 +4,7 @@
 //!
 //! HTTP answers name the pod (`x-pod`, `x-version` from `POD_NAME`/`POD_VERSION`) and echo what arrived
 //! (`x-seen-path`, `x-seen-host`, and every request header as `seen-<name>: <value>` lines in the body).
-//! `/status/<code>` answers that code, `/delay/<ms>` waits first, and `POST /control/fail?status=S&count=N`
+//! `/status/<code>` answers that code, `/delay/<ms>` waits first, `/bytes/<n>` answers n bytes and nothing else, and `POST /control/fail?status=S&count=N`
 //! makes the next N requests to this pod fail with S (count -1: until reset with count 0); `/control/stats`
 //! answers `served=<requests answered, /control excluded>`.
 //!
@@ -129,6 +129,11 @@ impl HttpApp {
     async fn handle(&self, mut req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
         if req.uri().path() == "/upgrade" {
             return upgrade_to_echo(&mut req);
+        }
+        // A fixed-size body and nothing else, so a benchmark measures the path rather than this app.
+        if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
+            let n = n.parse::<usize>().unwrap_or(0).min(1 << 20);
+            return http::Response::new(Full::new(Bytes::from(vec![b'x'; n])));
         }
         let path = req
             .uri()

@@ -101,9 +101,9 @@ impl Handler {
             security: SecurityPolicy::mutual_tls,
         };
         let mut labels = ends.labels(td, ResponseFlags::None);
-        if let (None, Some(m)) = (&src, &meta) {
-            labels.source_workload = m.workload.clone();
-            labels.source_workload_namespace = m.namespace.clone();
+        if let (None, Some(m)) = (&src, meta) {
+            labels.source_workload = m.workload;
+            labels.source_workload_namespace = m.namespace;
         }
         // Policy sees the connection's own source, unless the peer is a waypoint forwarding for its client (as
         // Istio trusts its waypoints): a `Forwarded` header from anyone else is the caller's claim, not a fact.
@@ -126,9 +126,7 @@ impl Handler {
         }
         let registered = ctx.conns.register(info, Transport::hbone);
         ctx.metrics.tcp.opened.get_or_create(&labels).inc();
-        let mut app = match pod
-            .connect(req.authority, ctx.cfg.pool.connect_timeout)
-            .await
+        let mut app = match Box::pin(pod.connect(req.authority, ctx.cfg.pool.connect_timeout)).await
         {
             Ok(s) => s,
             Err(e) => {
@@ -146,6 +144,8 @@ impl Handler {
                 return;
             }
         };
+        // The request's headers are not needed while the connection lasts.
+        drop(req.headers);
         let (rx, tx) = pipe_until(ctx, &mut tunnel, &mut app, &registered.stop).await;
         ctx.metrics.tcp.record(&labels, rx, tx, opened);
     }

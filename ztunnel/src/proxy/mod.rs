@@ -195,7 +195,7 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let n = ctx.cfg.copy_buffer_bytes;
-    match tokio::io::copy_bidirectional_with_sizes(client, server, n, n).await {
+    match mesh_core::relay::copy_bidirectional(client, server, n).await {
         Ok(counts) => counts,
         Err(e) => {
             tracing::debug!(error = %e, "connection ended with error");

@@ -61,7 +61,7 @@ pub async fn forward(
                     (up, authority, hbone)
                 }
                 None => {
-                    passthrough(&ctx, &pod, &mut client, dst).await;
+                    Box::pin(passthrough(&ctx, &pod, &mut client, dst)).await;
                     return;
                 }
             },
@@ -80,7 +80,7 @@ pub async fn forward(
                 .opened
                 .get_or_create(&ends.labels(td, ResponseFlags::None))
                 .inc();
-            let upstream = pod.connect(up.addr, ctx.cfg.pool.connect_timeout).await;
+            let upstream = Box::pin(pod.connect(up.addr, ctx.cfg.pool.connect_timeout)).await;
             let (flags, rx, tx) = relay(&ctx, &mut client, upstream).await;
             ctx.metrics
                 .tcp
@@ -99,8 +99,10 @@ pub async fn forward(
             .opened
             .get_or_create(&ends.labels(td, ResponseFlags::None))
             .inc();
+        // Heap state used only to open the tunnel (certificate chain, headers) is gone before the relay starts: a
+        // connection then holds little more than its sockets while it lasts.
         let src_id = src.identity(td);
-        let cert = match ctx.certs.fetch(&src_id).await {
+        let cert = match Box::pin(ctx.certs.fetch(&src_id)).await {
             Ok((cert, _)) => cert,
             Err(e) => {
                 tracing::error!(error = %e, "no certificate for the source pod; closing");
@@ -130,7 +132,10 @@ pub async fn forward(
             baggage: Some(meta.baggage()),
             traceparent: Some(new_traceparent()),
         };
-        let tunnel = pod.pool.connect(key, &cert, req).await;
+        // Boxed: the dial's large state (TLS and HTTP/2 handshakes) is freed once the tunnel is open instead of
+        // sizing every connection's task for as long as it lives.
+        let tunnel = Box::pin(pod.pool.connect(key, &cert, req)).await;
+        drop((cert, meta));
         let (flags, rx, tx) = relay(&ctx, &mut client, tunnel).await;
         tracing::debug!(
             bytes_out = rx,
