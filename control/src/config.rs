@@ -127,7 +127,7 @@ impl Default for Config {
 impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg: Config = match file {
-            Some(p) => load_yaml(p)?,
+            Some(p) => load_yaml("config file", p)?,
             None => Config::default(),
         };
         env_override("CONFIG_SOURCE", &mut cfg.config_source)?;

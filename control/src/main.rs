@@ -5,7 +5,7 @@ use clap::Parser;
 
 /// The mesh's control plane: CA and delta xDS, from a directory of Kubernetes-style YAML.
 #[derive(Parser)]
-#[command(name = "control", version)]
+#[command(name = "control", version = mesh_primitives::version!())]
 struct Args {
     /// YAML config file; environment variables override it.
     #[arg(long, env = "CONTROL_CONFIG")]

@@ -28,18 +28,20 @@ pub enum StartError {
     Ca(#[from] mesh_core::ca::CaError),
     #[error("CA: {0}")]
     CaSecret(#[from] crate::ca_secret::CaSecretError),
-    #[error("reading {path}: {source}")]
+    #[error("{field} {path}: {source}")]
     Read {
+        field: &'static str,
         path: String,
         source: std::io::Error,
     },
-    #[error("token file {path}: {reason}")]
-    Token { path: String, reason: &'static str },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
+    #[error("{field} {path}: {reason}")]
+    Token {
+        field: &'static str,
+        path: String,
+        reason: &'static str,
     },
+    #[error(transparent)]
+    Listen(#[from] mesh_core::admin::ListenError),
     #[error("Kubernetes client (in-cluster service account or kubeconfig): {0}")]
     Kube(kube::Error),
     #[error("gRPC server: {0}")]
@@ -68,8 +70,10 @@ pub struct Status {
     pub diagnostics: Vec<String>,
 }
 
-fn read(path: &Path) -> Result<String, StartError> {
+/// Reads a file the config names; an error names the config field too.
+fn read(field: &'static str, path: &Path) -> Result<String, StartError> {
     std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        field,
         path: path.display().to_string(),
         source,
     })
@@ -84,9 +88,14 @@ async fn load_ca(
     let mut ca = match (&cfg.plugin_ca, kube_client) {
         (Some(p), _) => CertificateAuthority::from_pem(
             &cfg.trust_domain,
-            &read(&p.cert_chain)?,
-            &read(&p.key)?,
-        )?,
+            &read("pluginCa.certChain", &p.cert_chain)?,
+            &read("pluginCa.key", &p.key)?,
+        )
+        .map_err(|source| mesh_core::ca::CaError::Load {
+            what: "pluginCa.certChain/key",
+            path: format!("{} / {}", p.cert_chain.display(), p.key.display()),
+            source: Box::new(source),
+        })?,
         (None, Some(client)) => {
             crate::ca_secret::load_or_create(client.clone(), &cfg.root_namespace, &cfg.trust_domain)
                 .await?
@@ -94,7 +103,7 @@ async fn load_ca(
         (None, None) => CertificateAuthority::load_or_create(&cfg.ca_dir, &cfg.trust_domain)?,
     };
     for path in &cfg.trusted_roots {
-        let added = ca.add_trusted_roots(&read(path)?);
+        let added = ca.add_trusted_roots(&read("trustedRoots", path)?);
         tracing::info!(file = %path.display(), added, "extra trusted roots loaded");
     }
     Ok(ca)
@@ -104,24 +113,27 @@ async fn load_ca(
 /// pods), each workload token one workload identity (which may obtain only itself).
 pub fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
     let nodes = cfg.node_tokens.iter().map(|t| {
+        let field = "nodeTokens[].tokenFile";
         let caller = Caller {
             identity: Identity::new(&cfg.trust_domain, "istio-system", "ztunnel"),
             node: Some(t.node.clone()),
         };
-        (&t.token_file, caller)
+        (field, &t.token_file, caller)
     });
     let workloads = cfg.workload_tokens.iter().map(|t| {
+        let field = "workloadTokens[].tokenFile";
         let caller = Caller {
             identity: Identity::new(&cfg.trust_domain, &t.namespace, &t.service_account),
             node: None,
         };
-        (&t.token_file, caller)
+        (field, &t.token_file, caller)
     });
     let mut tokens = HashMap::new();
-    for (file, caller) in nodes.chain(workloads) {
-        let token = read(file)?.trim().to_string();
+    for (field, file, caller) in nodes.chain(workloads) {
+        let token = read(field, file)?.trim().to_string();
         if token.is_empty() {
             return Err(StartError::Token {
+                field,
                 path: file.display().to_string(),
                 reason: "empty",
             });
@@ -129,6 +141,7 @@ pub fn authenticator(cfg: &Config) -> Result<TokenAuthenticator, StartError> {
         // One token for two callers would make either one the other: refuse to start instead.
         if tokens.insert(token, caller).is_some() {
             return Err(StartError::Token {
+                field,
                 path: file.display().to_string(),
                 reason: "the same token as another nodeTokens/workloadTokens entry",
             });
@@ -153,12 +166,14 @@ pub async fn run(
     let ca = Arc::new(load_ca(&cfg, kube_client.as_ref()).await?);
     // Clients bootstrap trust from this file (Kubernetes: the istio-ca-root-cert ConfigMap).
     std::fs::create_dir_all(&cfg.ca_dir).map_err(|source| StartError::Read {
+        field: "caDir",
         path: cfg.ca_dir.display().to_string(),
         source,
     })?;
     let root_file = cfg.ca_dir.join("root-cert.pem");
-    if read(&root_file).ok() != Some(ca.root_pem()) {
+    if read("caDir", &root_file).ok() != Some(ca.root_pem()) {
         std::fs::write(&root_file, ca.root_pem()).map_err(|source| StartError::Read {
+            field: "caDir",
             path: root_file.display().to_string(),
             source,
         })?;
@@ -240,12 +255,12 @@ pub async fn run(
     };
 
     let registry = Arc::new(registry);
-    let monitoring = tokio::net::TcpListener::bind(cfg.monitoring_addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.monitoring_addr.to_string(),
-            source,
-        })?;
+    let monitoring = mesh_core::admin::bind(
+        "monitoring",
+        "monitoringAddr, env MONITORING_ADDR",
+        cfg.monitoring_addr,
+    )
+    .await?;
     let drain = mesh_core::drain::Drain::new();
     tokio::spawn(mesh_core::admin::serve(
         monitoring,
@@ -265,12 +280,12 @@ pub async fn run(
         version = status.load().version,
         "first config published; serving"
     );
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: format!("{} (grpcAddr, env GRPC_ADDR)", cfg.grpc_addr),
-            source,
-        })?;
+    let grpc = mesh_core::admin::bind(
+        "gRPC (CA and xDS)",
+        "grpcAddr, env GRPC_ADDR",
+        cfg.grpc_addr,
+    )
+    .await?;
     tracing::info!(grpc = %cfg.grpc_addr, monitoring = %cfg.monitoring_addr, "control plane started");
     let stop = stopping.clone();
     let serve = tonic::transport::Server::builder()
@@ -513,7 +528,9 @@ fn election(cfg: &Config) -> crate::leader::Election {
 fn log_diagnostics(diagnostics: &[Diagnostic]) {
     for d in diagnostics {
         match d.severity {
-            model::Severity::Error => tracing::error!("{d}; the last good version keeps serving"),
+            model::Severity::Error => tracing::error!(
+                "{d}; rejected (its last good version, if it had one, keeps serving)"
+            ),
             model::Severity::Warning => tracing::warn!("{d}"),
         }
     }

@@ -13,35 +13,41 @@ use tokio::net::TcpListener;
 
 use crate::drain::DrainWatch;
 
-/// A port that could not be opened, and which one it was.
+/// A port that could not be opened: which one, and the setting that chose it (so the user knows what to change).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {what} {addr}: {source}")]
+#[error("cannot listen on {addr} for the {what} port: {source} (stop what holds it, or move the port with {setting})")]
 pub struct ListenError {
     pub what: &'static str,
+    pub setting: &'static str,
     pub addr: String,
     pub source: std::io::Error,
 }
 
+/// A port to serve: its name, the setting that chose its address (`key, env VAR`), the address, the handler.
+pub type Port = (&'static str, &'static str, std::net::SocketAddr, Handler);
+
 pub async fn bind(
     what: &'static str,
+    setting: &'static str,
     addr: std::net::SocketAddr,
 ) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr).await.map_err(|source| ListenError {
         what,
+        setting,
         addr: addr.to_string(),
         source,
     })
 }
 
-/// Opens every (name, address, handler) port, failing on the first that cannot be bound, then serves each
-/// until the drain starts: a process's admin, metrics and readiness ports.
+/// Opens every port, failing on the first that cannot be bound, then serves each until the drain starts: a
+/// process's admin, metrics and readiness ports.
 pub async fn serve_all(
-    servers: impl IntoIterator<Item = (&'static str, std::net::SocketAddr, Handler)>,
+    servers: impl IntoIterator<Item = Port>,
     drain: &DrainWatch,
 ) -> Result<(), ListenError> {
     let mut bound = Vec::new();
-    for (what, addr, handler) in servers {
-        bound.push((bind(what, addr).await?, handler));
+    for (what, setting, addr, handler) in servers {
+        bound.push((bind(what, setting, addr).await?, handler));
     }
     for (listener, handler) in bound {
         tokio::spawn(serve(listener, handler, drain.clone()));

@@ -24,8 +24,19 @@ pub enum CaError {
         path: String,
         source: std::io::Error,
     },
-    #[error("CA certificate {path} holds no PEM certificate")]
-    NoCertificate { path: String },
+    #[error("no PEM certificate in the CA certificate chain")]
+    NoCertificate,
+    #[error("the CA key is not a PEM private key: {0}")]
+    Key(rcgen::Error),
+    #[error("the first certificate of the chain cannot sign (is it a CA certificate?): {0}")]
+    Issuer(rcgen::Error),
+    #[error("{what} {path}: {source}")]
+    Load {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: Box<CaError>,
+    },
     #[error("CA key {path} is readable by others (mode {mode:o}): run `chmod 600 {path}`, and rotate the root if others may have read it")]
     KeyExposed { path: String, mode: u32 },
     #[error("CSR does not ask for exactly the identity {expected}: {reason}")]
@@ -81,11 +92,9 @@ impl CertificateAuthority {
         key_pem: &str,
     ) -> Result<Self, CaError> {
         let ders = crate::tls::parse_pem_certs(cert_chain_pem);
-        let first = ders.first().ok_or(CaError::NoCertificate {
-            path: "<pem>".into(),
-        })?;
-        let key = KeyPair::from_pem(key_pem)?;
-        let issuer = Issuer::from_ca_cert_der(first, key)?;
+        let first = ders.first().ok_or(CaError::NoCertificate)?;
+        let key = KeyPair::from_pem(key_pem).map_err(CaError::Key)?;
+        let issuer = Issuer::from_ca_cert_der(first, key).map_err(CaError::Issuer)?;
         let chain_pem = ders.iter().map(der_to_pem).collect();
         let roots = vec![ders.last().expect("non-empty chain checked above").clone()];
         Ok(Self {
@@ -147,7 +156,11 @@ impl CertificateAuthority {
         }
         let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        Self::from_pem(trust_domain, &cert, &key)
+        Self::from_pem(trust_domain, &cert, &key).map_err(|source| CaError::Load {
+            what: "CA directory",
+            path: dir.display().to_string(),
+            source: Box::new(source),
+        })
     }
 
     pub fn trust_domain(&self) -> &str {

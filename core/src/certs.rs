@@ -40,6 +40,7 @@ pub enum Issuer {
 
 impl Issuer {
     pub fn control_plane(cp: ControlPlane) -> Result<Self, ControlError> {
+        cp.check_token()?;
         Ok(Self::ControlPlane {
             channel: Mutex::new(cp.channel()?),
             cp,

@@ -22,10 +22,17 @@ use mesh_primitives::identity::Identity;
 pub enum ControlError {
     #[error("control plane address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
-    #[error("reading {path}: {source}")]
+    #[error("controlPlane.{field} {path}: {source}")]
     Read {
+        field: &'static str,
         path: String,
         source: std::io::Error,
+    },
+    #[error("controlPlane.{field} {path}: {reason}")]
+    File {
+        field: &'static str,
+        path: String,
+        reason: &'static str,
     },
     #[error("connecting to the control plane at {addr}: {source}")]
     Connect {
@@ -65,9 +72,17 @@ fn default_tls_name() -> String {
 impl ControlPlane {
     pub fn channel(&self) -> Result<Channel, ControlError> {
         let root = std::fs::read(&self.root_cert).map_err(|source| ControlError::Read {
+            field: "rootCert",
             path: self.root_cert.display().to_string(),
             source,
         })?;
+        if parse_pem_certs(&String::from_utf8_lossy(&root)).is_empty() {
+            return Err(ControlError::File {
+                field: "rootCert",
+                path: self.root_cert.display().to_string(),
+                reason: "holds no PEM certificate",
+            });
+        }
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(root))
             .domain_name(self.tls_name.clone());
@@ -91,9 +106,24 @@ impl ControlPlane {
         std::fs::read_to_string(&self.token_file)
             .map(|t| t.trim().to_string())
             .map_err(|source| ControlError::Read {
+                field: "tokenFile",
                 path: self.token_file.display().to_string(),
                 source,
             })
+    }
+
+    /// The token file checked once at start, so a wrong path fails at once with the field that names it rather
+    /// than in a retry loop (it is still re-read for every request: projected tokens rotate). The root file is
+    /// checked by [`Self::channel`].
+    pub fn check_token(&self) -> Result<(), ControlError> {
+        if self.token()?.is_empty() {
+            return Err(ControlError::File {
+                field: "tokenFile",
+                path: self.token_file.display().to_string(),
+                reason: "is empty",
+            });
+        }
+        Ok(())
     }
 
     fn authorize<T>(&self, msg: T) -> Result<tonic::Request<T>, ControlError> {

@@ -1,6 +1,7 @@
 //! What every mesh binary does around its main loop: logging set up the same way, and one shutdown signal.
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stdout (as Istio's ztunnel does; a fatal error alone goes to stderr), filtered by `RUST_LOG` (default
+/// `info`).
 pub fn init_tracing() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

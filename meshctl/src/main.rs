@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod inject;
 mod install;
+mod proxy_config;
 use mesh_model::{
     self as model, Kind, ObjectKey, Severity, LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR,
     WAYPOINT_CLASS,
@@ -16,19 +17,11 @@ use mesh_model::{
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(version = VERSION, about = "Operate the mesh")]
+#[command(version = mesh_primitives::version!(), about = "Operate the mesh")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
-/// `meshctl <version> (commit <git commit>)`.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("MESH_GIT_COMMIT"),
-    ")"
-);
 
 #[derive(Subcommand)]
 enum Command {
@@ -68,6 +61,24 @@ enum Command {
         /// Also delete the CRDs (with every object of those kinds) and the namespace.
         #[arg(long)]
         purge: bool,
+    },
+    /// What a running ztunnel or waypoint holds (`/config_dump` of its admin port), as a table or JSON, like
+    /// `istioctl proxy-config`. Run it in the proxy's network namespace (`ip netns exec NODE meshctl ...`).
+    ProxyConfig {
+        #[arg(value_enum)]
+        section: proxy_config::Section,
+        /// The process's admin address (host:port, or just the port).
+        #[arg(default_value = "127.0.0.1:15000")]
+        process: String,
+        #[arg(short, long, value_enum, default_value_t = proxy_config::Output::Table)]
+        output: proxy_config::Output,
+    },
+    /// Change a running process's log filter (`RUST_LOG` syntax: `debug`, `info,access=off`) through its admin
+    /// port, as `istioctl proxy-config log --level` does; prints the filter now in force.
+    LogsLevel {
+        /// The process's admin address (host:port, or just the port).
+        process: String,
+        level: String,
     },
     /// Manage waypoints (L7 proxies for a namespace's services).
     Waypoint {
@@ -140,7 +151,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("meshctl {VERSION}");
+            println!("meshctl {}", mesh_primitives::version!());
             ExitCode::SUCCESS
         }
         Command::Check {
@@ -155,9 +166,30 @@ fn main() -> ExitCode {
         Command::Crds => crds(),
         Command::Install(args) => run_install(&args, None),
         Command::Uninstall { args, purge } => run_install(&args, Some(purge)),
+        Command::ProxyConfig {
+            section,
+            process,
+            output,
+        } => admin_reply(proxy_config::proxy_config(section, &process, output)),
+        Command::LogsLevel { process, level } => {
+            admin_reply(proxy_config::logs_level(&process, &level))
+        }
         Command::Waypoint {
             command: WaypointCommand::Apply(args),
         } => waypoint_apply(&args),
+    }
+}
+
+fn admin_reply(reply: Result<String, proxy_config::AdminError>) -> ExitCode {
+    match reply {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,337 +1,14 @@
-//! Which field names each kind's published API has (Istio's, SMI's and Gateway API's), so an unknown field can be
-//! told apart from a known one this mesh does not implement: a field no API has is a typo and rejects the object
-//! (`mtls: {mod: STRICT}` must not silently drop STRICT), with a suggestion when a known name is close; a field the
-//! API has but the mesh ignores is a warning that says so. Names are flat per kind (where in the object a name
-//! appears is checked by the types, not here).
+//! Where each field of a kind's published API (Istio's, SMI's and Gateway API's) may appear, so an ignored field
+//! can be told apart: one the API has at that position but this mesh does not implement is a warning that says
+//! so; one the API does not have there is a mistake that rejects the object (`mtls: {mod: STRICT}` and
+//! `spec: {mode: STRICT}` must not silently drop STRICT), with a suggestion when a known name is close or the
+//! field belongs elsewhere. The trees come from the published CRD schemas (`model/src/published_fields.json`,
+//! written by `scripts/published-fields.py`).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use crate::Kind;
-
-const VIRTUAL_SERVICE: &[&str] = &[
-    "hosts",
-    "gateways",
-    "http",
-    "tls",
-    "tcp",
-    "exportTo",
-    "name",
-    "match",
-    "route",
-    "redirect",
-    "directResponse",
-    "delegate",
-    "rewrite",
-    "timeout",
-    "retries",
-    "fault",
-    "mirror",
-    "mirrors",
-    "mirrorPercentage",
-    "mirrorPercent",
-    "mirror_percent",
-    "corsPolicy",
-    "headers",
-    "uri",
-    "scheme",
-    "method",
-    "authority",
-    "port",
-    "sourceLabels",
-    "queryParams",
-    "ignoreUriCase",
-    "withoutHeaders",
-    "sourceNamespace",
-    "statPrefix",
-    "exact",
-    "prefix",
-    "regex",
-    "destination",
-    "weight",
-    "host",
-    "subset",
-    "number",
-    "request",
-    "response",
-    "set",
-    "add",
-    "remove",
-    "derivePort",
-    "redirectCode",
-    "status",
-    "body",
-    "string",
-    "bytes",
-    "namespace",
-    "uriRegexRewrite",
-    "rewrite",
-    "attempts",
-    "perTryTimeout",
-    "retryOn",
-    "retryRemoteLocalities",
-    "retryIgnorePreviousHosts",
-    "backoff",
-    "delay",
-    "abort",
-    "fixedDelay",
-    "exponentialDelay",
-    "percentage",
-    "percent",
-    "httpStatus",
-    "grpcStatus",
-    "http2Error",
-    "value",
-    "allowOrigins",
-    "allowOrigin",
-    "allowMethods",
-    "allowHeaders",
-    "exposeHeaders",
-    "maxAge",
-    "allowCredentials",
-    "unmatchedPreflights",
-    "sniHosts",
-    "destinationSubnets",
-    "sourceSubnet",
-];
-
-const DESTINATION_RULE: &[&str] = &[
-    "host",
-    "trafficPolicy",
-    "subsets",
-    "exportTo",
-    "workloadSelector",
-    "matchLabels",
-    "loadBalancer",
-    "connectionPool",
-    "outlierDetection",
-    "tls",
-    "portLevelSettings",
-    "tunnel",
-    "proxyProtocol",
-    "retryBudget",
-    "name",
-    "labels",
-    "simple",
-    "consistentHash",
-    "localityLbSetting",
-    "warmupDurationSecs",
-    "warmup",
-    "httpHeaderName",
-    "httpCookie",
-    "useSourceIp",
-    "httpQueryParameterName",
-    "ringHash",
-    "maglev",
-    "minimumRingSize",
-    "tableSize",
-    "path",
-    "ttl",
-    "attributes",
-    "tcp",
-    "http",
-    "maxConnections",
-    "connectTimeout",
-    "tcpKeepalive",
-    "maxConnectionDuration",
-    "idleTimeout",
-    "probes",
-    "time",
-    "interval",
-    "http1MaxPendingRequests",
-    "http2MaxRequests",
-    "maxRequestsPerConnection",
-    "maxRetries",
-    "h2UpgradePolicy",
-    "useClientProtocol",
-    "maxConcurrentStreams",
-    "splitExternalLocalOriginErrors",
-    "consecutiveLocalOriginFailures",
-    "consecutiveGatewayErrors",
-    "consecutive5xxErrors",
-    "consecutiveErrors",
-    "baseEjectionTime",
-    "maxEjectionPercent",
-    "minHealthPercent",
-    "mode",
-    "clientCertificate",
-    "privateKey",
-    "caCertificates",
-    "credentialName",
-    "subjectAltNames",
-    "sni",
-    "insecureSkipVerify",
-    "caCrl",
-    "port",
-    "number",
-    "distribute",
-    "failover",
-    "failoverPriority",
-    "enabled",
-    "from",
-    "to",
-    "version",
-    "protocol",
-    "targetHost",
-    "targetPort",
-    "percent",
-    "minRetryConcurrency",
-    "duration",
-    "aggression",
-    "minimumPercent",
-];
-
-const PEER_AUTHENTICATION: &[&str] = &["selector", "matchLabels", "mtls", "mode", "portLevelMtls"];
-
-const AUTHORIZATION_POLICY: &[&str] = &[
-    "selector",
-    "matchLabels",
-    "targetRef",
-    "targetRefs",
-    "rules",
-    "action",
-    "provider",
-    "name",
-    "from",
-    "to",
-    "when",
-    "source",
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-    "serviceAccounts",
-    "notServiceAccounts",
-    "operation",
-    "hosts",
-    "notHosts",
-    "ports",
-    "notPorts",
-    "methods",
-    "notMethods",
-    "paths",
-    "notPaths",
-    "key",
-    "values",
-    "notValues",
-    "group",
-    "kind",
-    "namespace",
-];
-
-const TRAFFIC_SPLIT: &[&str] = &[
-    "service", "backends", "weight", "matches", "kind", "name", "apiGroup",
-];
-
-const GATEWAY: &[&str] = &[
-    "gatewayClassName",
-    "listeners",
-    "addresses",
-    "infrastructure",
-    "backendTLS",
-    "allowedListeners",
-    "name",
-    "hostname",
-    "port",
-    "protocol",
-    "tls",
-    "allowedRoutes",
-    "type",
-    "value",
-    "labels",
-    "annotations",
-    "parametersRef",
-    "group",
-    "kind",
-    "namespaces",
-    "kinds",
-    "from",
-    "selector",
-    "matchLabels",
-    "matchExpressions",
-    "mode",
-    "certificateRefs",
-    "options",
-    "frontendValidation",
-    "clientCertificateRef",
-    "caCertificateRefs",
-    "namespace",
-];
-
-const ROUTE: &[&str] = &[
-    "parentRefs",
-    "hostnames",
-    "rules",
-    "group",
-    "kind",
-    "namespace",
-    "name",
-    "sectionName",
-    "port",
-    "matches",
-    "filters",
-    "backendRefs",
-    "timeouts",
-    "retry",
-    "sessionPersistence",
-    "path",
-    "headers",
-    "queryParams",
-    "method",
-    "type",
-    "value",
-    "requestHeaderModifier",
-    "responseHeaderModifier",
-    "requestMirror",
-    "requestRedirect",
-    "urlRewrite",
-    "extensionRef",
-    "cors",
-    "set",
-    "add",
-    "remove",
-    "weight",
-    "request",
-    "backendRequest",
-    "codes",
-    "attempts",
-    "backoff",
-    "scheme",
-    "hostname",
-    "statusCode",
-    "replaceFullPath",
-    "replacePrefixMatch",
-    "backendRef",
-    "percent",
-    "fraction",
-    "numerator",
-    "denominator",
-    "service",
-    "sessionName",
-    "absoluteTimeout",
-    "idleTimeout",
-    "cookieConfig",
-    "lifetimeType",
-    "allowOrigins",
-    "allowMethods",
-    "allowHeaders",
-    "exposeHeaders",
-    "maxAge",
-    "allowCredentials",
-];
-
-const WORKLOAD_ENTRY: &[&str] = &[
-    "address",
-    "ports",
-    "labels",
-    "network",
-    "locality",
-    "weight",
-    "serviceAccount",
-];
 
 /// Kinds of the mesh's API groups that the published APIs have but this mesh does not implement: skipped with a
 /// warning, where any other kind of those groups is a mistake.
@@ -353,20 +30,92 @@ pub const UNSUPPORTED_KINDS: &[(&str, &str)] = &[
     ("split.smi-spec.io", "TrafficSplitList"),
 ];
 
-/// The field names of `kind`'s published API, or `None` for core kinds (Namespace, Pod, Service,
-/// EndpointSlice), whose many fields the mesh rightly ignores.
-pub fn api_fields(kind: Kind) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        Kind::VirtualService => VIRTUAL_SERVICE,
-        Kind::DestinationRule => DESTINATION_RULE,
-        Kind::PeerAuthentication => PEER_AUTHENTICATION,
-        Kind::AuthorizationPolicy => AUTHORIZATION_POLICY,
-        Kind::TrafficSplit => TRAFFIC_SPLIT,
-        Kind::Gateway => GATEWAY,
-        Kind::HttpRoute | Kind::GrpcRoute => ROUTE,
-        Kind::WorkloadEntry => WORKLOAD_ENTRY,
-        Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice => return None,
-    })
+/// A field's children; `*` stands for any key (a map), `**` for anything below (free-form).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Node(BTreeMap<String, Node>);
+
+/// What the published API says of a field a path names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The API has it there (the mesh ignores it).
+    Published,
+    /// The API has no such field there; `sibling` is a close name at that position, `elsewhere` where a field of
+    /// that exact name is.
+    Unknown {
+        field: String,
+        sibling: Option<String>,
+        elsewhere: Option<String>,
+    },
+}
+
+impl Node {
+    fn child(&self, key: &str) -> Option<&Node> {
+        self.0.get(key).or_else(|| self.0.get("*"))
+    }
+
+    /// Where `path` (`spec.http[0].route[1].weigth`; indexes ignored) stands in the API.
+    pub fn place(&self, path: &str) -> Placement {
+        let mut node = self;
+        for segment in path.split('.').map(|s| s.split('[').next().unwrap_or(s)) {
+            if node.0.contains_key("**") {
+                return Placement::Published;
+            }
+            match node.child(segment) {
+                Some(next) => node = next,
+                None => {
+                    let names = node
+                        .0
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| !k.starts_with('*'));
+                    return Placement::Unknown {
+                        field: segment.to_string(),
+                        sibling: did_you_mean(segment, names).map(str::to_string),
+                        elsewhere: self.find(segment, ""),
+                    };
+                }
+            }
+        }
+        Placement::Published
+    }
+
+    /// The shortest path (breadth first) at which a field named `name` is, e.g. `spec.mtls.mode`.
+    fn find(&self, name: &str, prefix: &str) -> Option<String> {
+        let mut level = vec![(prefix.to_string(), self)];
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for (at, node) in level {
+                for (key, child) in &node.0 {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    if key == name {
+                        return Some(path);
+                    }
+                    next.push((path, child));
+                }
+            }
+            level = next;
+        }
+        None
+    }
+}
+
+/// The published field tree of `kind`, or `None` for core kinds (Namespace, Pod, Service, EndpointSlice),
+/// whose many fields the mesh rightly ignores.
+pub fn published(kind: Kind) -> Option<&'static Node> {
+    static TREES: OnceLock<BTreeMap<String, Node>> = OnceLock::new();
+    let trees = TREES.get_or_init(|| {
+        serde_json::from_str(include_str!("published_fields.json"))
+            .expect("published_fields.json is generated JSON of field trees")
+    });
+    match kind {
+        Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice => None,
+        other => trees.get(other.name()),
+    }
 }
 
 /// The last field name of a path like `spec.http[0].route[1].weigth`.
@@ -381,24 +130,61 @@ pub use mesh_primitives::suggest::did_you_mean;
 mod tests {
     use super::*;
 
+    fn unknown(field: &str, sibling: Option<&str>, elsewhere: Option<&str>) -> Placement {
+        Placement::Unknown {
+            field: field.into(),
+            sibling: sibling.map(Into::into),
+            elsewhere: elsewhere.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn places_fields_where_the_published_api_has_them() {
+        let pa = published(Kind::PeerAuthentication).unwrap();
+        assert_eq!(pa.place("spec.mtls.mode"), Placement::Published);
+        assert_eq!(
+            pa.place("spec.portLevelMtls.8080.mode"),
+            Placement::Published
+        );
+        assert_eq!(
+            pa.place("spec.mtls.mod"),
+            unknown("mod", Some("mode"), None)
+        );
+        assert_eq!(
+            pa.place("spec.mode"),
+            unknown("mode", None, Some("spec.mtls.mode"))
+        );
+        let vs = published(Kind::VirtualService).unwrap();
+        assert_eq!(vs.place("spec.http[0].corsPolicy"), Placement::Published);
+        assert_eq!(
+            vs.place("spec.http[1].route[0].weigth"),
+            unknown("weigth", Some("weight"), None)
+        );
+        assert_eq!(
+            vs.place("spec.http[0].match[0].headers.x-canary.exact"),
+            Placement::Published
+        );
+        for kind in [
+            Kind::DestinationRule,
+            Kind::AuthorizationPolicy,
+            Kind::WorkloadEntry,
+            Kind::TrafficSplit,
+            Kind::Gateway,
+            Kind::HttpRoute,
+            Kind::GrpcRoute,
+        ] {
+            assert!(published(kind).is_some(), "{kind:?}");
+        }
+        assert!(published(Kind::Pod).is_none());
+    }
+
     #[test]
     fn suggestions() {
-        assert_eq!(
-            did_you_mean("weigth", VIRTUAL_SERVICE.iter().copied()),
-            Some("weight")
-        );
-        assert_eq!(
-            did_you_mean("mod", PEER_AUTHENTICATION.iter().copied()),
-            Some("mode")
-        );
         assert_eq!(
             did_you_mean("VirtualServce", ["VirtualService", "DestinationRule"]),
             Some("VirtualService")
         );
-        assert_eq!(
-            did_you_mean("colour", PEER_AUTHENTICATION.iter().copied()),
-            None
-        );
+        assert_eq!(did_you_mean("colour", ["mode", "mtls"]), None);
         assert_eq!(leaf("spec.http[0].route[1].weigth"), "weigth");
         assert_eq!(leaf("spec.mtls.mod"), "mod");
     }

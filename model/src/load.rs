@@ -245,28 +245,38 @@ fn parse_document(value: Value, index: usize, file: Option<&Path>, out: &mut Par
     };
     object.metadata_mut().namespace = key.namespace.clone();
     let mut rejected = false;
-    if let Some(known) = crate::fields::api_fields(kind) {
+    if let Some(published) = crate::fields::published(kind) {
         for path in ignored.iter().filter(|p| p.starts_with("spec.")) {
-            let field = crate::fields::leaf(path);
-            if known.contains(&field) {
-                out.diagnostics.push(diag(
-                    Severity::Warning,
-                    path,
-                    format!(
-                        "{field} is part of the {kind} API but not supported by this mesh; ignored"
-                    ),
-                ));
-                continue;
-            }
+            let reason = match published.place(path) {
+                crate::fields::Placement::Published => {
+                    let field = crate::fields::leaf(path);
+                    out.diagnostics.push(diag(
+                        Severity::Warning,
+                        path,
+                        format!(
+                            "{field} is part of the {kind} API but not supported by this mesh; ignored"
+                        ),
+                    ));
+                    continue;
+                }
+                crate::fields::Placement::Unknown {
+                    field,
+                    sibling: Some(s),
+                    ..
+                } => format!(
+                    "unknown field {field} (did you mean {s}?); the {kind} API has no such field"
+                ),
+                crate::fields::Placement::Unknown {
+                    field,
+                    elsewhere: Some(at),
+                    ..
+                } => format!("{field} is not a field here; the {kind} API has it at {at}"),
+                crate::fields::Placement::Unknown { field, .. } => {
+                    format!("unknown field {field}; the {kind} API has no such field")
+                }
+            };
             rejected = true;
-            let hint = crate::fields::did_you_mean(field, known.iter().copied())
-                .map(|s| format!(" (did you mean {s}?)"))
-                .unwrap_or_default();
-            out.diagnostics.push(diag(
-                Severity::Error,
-                path,
-                format!("unknown field {field}{hint}; the {kind} API has no such field"),
-            ));
+            out.diagnostics.push(diag(Severity::Error, path, reason));
         }
     }
     for finding in validate_object(&object) {
@@ -289,6 +299,16 @@ fn parse_text(text: &str, file: Option<&Path>) -> Result<Parsed, LoadError> {
         diagnostics: Vec::new(),
         unidentified: false,
     };
+    if docs.is_empty() {
+        // Not wrong (its objects, if it had any, are gone), but rarely meant: say so.
+        parsed.diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            ..file_diag(
+                file,
+                "the file holds no object (it is empty, or only comments)".into(),
+            )
+        });
+    }
     for (index, value) in docs.into_iter().enumerate() {
         parse_document(value, index, file, &mut parsed);
     }

@@ -15,3 +15,18 @@ pub mod identity;
 pub mod names;
 pub mod suggest;
 pub mod yaml;
+
+/// `<version> (commit <git commit>)` of the calling package, for `#[command(version = mesh_primitives::version!())]`:
+/// every binary's `--version` says its own name (clap's), version and the commit it was built from. The package
+/// needs a build script that includes `core/build/git_commit.rs`, which sets `MESH_GIT_COMMIT`.
+#[macro_export]
+macro_rules! version {
+    () => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("MESH_GIT_COMMIT"),
+            ")"
+        )
+    };
+}

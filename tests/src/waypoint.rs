@@ -69,6 +69,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the demo app of `pod` answer 503 to its next `count` requests (-1: all, until 0 resets it), asked
+    /// from pod `from` straight at the pod's HTTP port.
+    pub fn set_failing(&self, from: &str, pod: &str, count: i64) -> Result<()> {
+        let addr = std::net::SocketAddr::new(self.pod(pod).ip, 8090);
+        let path = format!("/control/fail?status=503&count={count}");
+        let r = crate::http::request(&self.pod(from).netns, addr, crate::http::Req::post(&path))?;
+        anyhow::ensure!(r.status == 200, "{pod} answered {} to {path}", r.status);
+        Ok(())
+    }
+
     /// The pid of a process the cluster started (`ip netns exec` execs it, so the pid is the program's).
     pub fn child_pid(&self, name: &str) -> Option<u32> {
         self.children

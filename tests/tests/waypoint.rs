@@ -315,15 +315,7 @@ fn served(c: &Cluster, pod: &str) -> u64 {
 }
 
 fn set_failing(c: &Cluster, pod: &str, count: i64) {
-    let client = c.pod("client").netns.clone();
-    let ip = c.pod(pod).ip;
-    let r = request(
-        &client,
-        SocketAddr::new(ip, 8090),
-        Req::post(&format!("/control/fail?status=503&count={count}")),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200);
+    c.set_failing("client", pod, count).unwrap();
 }
 
 #[test]

@@ -96,12 +96,13 @@ impl Waypoint {
         let registry = Arc::new(registry);
         let state = StateStore::default();
         let l7 = L7Store::default();
+        // First, so a missing root or token file stops the start before anything retries with it.
+        let issuer = Issuer::control_plane(cp.clone())?;
         tokio::spawn(mesh_core::control::run_xds(
-            cp.clone(),
+            cp,
             xds_node(&cfg),
             xds::WaypointHandler::new(state.clone(), l7.clone()),
         ));
-        let issuer = Issuer::control_plane(cp)?;
         let drain = Drain::new();
         // The waypoint is not in a redirected pod network: plain sockets.
         let sockets: mesh_core::hbone::SocketFactory = Arc::new(mesh_core::socket::tcp_socket);
@@ -121,7 +122,7 @@ impl Waypoint {
             drain: drain.watch(),
             cfg: cfg.clone(),
         });
-        let hbone = mesh_core::admin::bind("HBONE", cfg.hbone_addr).await?;
+        let hbone = mesh_core::admin::bind("HBONE", "hboneAddr", cfg.hbone_addr).await?;
         tokio::spawn(proxy::serve(ctx.clone(), hbone));
         // Circuit-breaker and outlier gauges, from the clusters' own counts.
         let c = ctx.clone();
@@ -157,16 +158,19 @@ impl Waypoint {
         let servers = [
             (
                 "admin",
+                "adminAddr, env ADMIN_ADDR",
                 cfg.admin_addr,
                 mesh_core::admin::with_logging(proxy::admin_handler(ctx.clone())),
             ),
             (
                 "metrics",
+                "metricsAddr, env METRICS_ADDR",
                 cfg.metrics_addr,
                 mesh_core::admin::metrics_handler(registry),
             ),
             (
                 "readiness",
+                "readinessAddr, env READINESS_ADDR",
                 cfg.readiness_addr,
                 mesh_core::admin::gated_readiness_handler(ctx.drain.clone(), {
                     let c = ctx.clone();

@@ -5,7 +5,7 @@ use clap::Parser;
 
 /// The per-namespace L7 proxy of the mesh.
 #[derive(Parser)]
-#[command(version)]
+#[command(version = mesh_primitives::version!())]
 struct Args {
     /// YAML config file; environment variables override it.
     #[arg(long, env = "WAYPOINT_CONFIG")]

@@ -236,11 +236,13 @@ pub fn admin_handler(ctx: Arc<Ctx>) -> Handler {
                 .services
                 .values()
                 .map(|s| {
+                    let mut subsets: Vec<_> = s.subsets.keys().collect();
+                    subsets.sort();
                     serde_json::json!({
                         "service": s.key,
                         "sources": s.sources,
                         "routes": s.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-                        "subsets": s.subsets.keys().collect::<Vec<_>>(),
+                        "subsets": subsets,
                     })
                 })
                 .collect();

@@ -70,7 +70,7 @@ impl Config {
     /// Loads and validates the config: `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg: Config = match file {
-            Some(p) => load_yaml(p)?,
+            Some(p) => load_yaml("config file", p)?,
             None => Config::default(),
         };
         env_override("NODE_NAME", &mut cfg.node_name)?;

@@ -33,6 +33,8 @@ pub enum StartError {
     Control(#[from] mesh_core::control::ControlError),
     #[error(transparent)]
     Listen(#[from] mesh_core::admin::ListenError),
+    #[error("starting the node agent client thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// How ztunnel introduces itself over xDS (Istio's node id shape).
@@ -126,13 +128,8 @@ impl Ztunnel {
             }
         });
         let pods = Arc::new(Pods::new(ctx.clone()));
-        inpod::zds::spawn(pods.clone(), cfg.socket_path(), drain.watch()).map_err(|source| {
-            mesh_core::admin::ListenError {
-                what: "node agent client thread",
-                addr: cfg.socket_path().display().to_string(),
-                source,
-            }
-        })?;
+        inpod::zds::spawn(pods.clone(), cfg.socket_path(), drain.watch())
+            .map_err(StartError::Thread)?;
         // Certificates of enrolled pods are fetched ahead of their first connection and renewed at half-life.
         let periodic = pods.clone();
         let (w, c) = (drain.watch(), ctx.clone());
@@ -151,16 +148,19 @@ impl Ztunnel {
         let servers = [
             (
                 "admin",
+                "adminAddr, env ADMIN_ADDR",
                 cfg.admin_addr,
                 mesh_core::admin::with_logging(admin::admin_handler(ctx.clone(), pods.clone())),
             ),
             (
                 "metrics",
+                "metricsAddr, env METRICS_ADDR",
                 cfg.metrics_addr,
                 mesh_core::admin::metrics_handler(registry),
             ),
             (
                 "readiness",
+                "readinessAddr, env READINESS_ADDR",
                 cfg.readiness_addr,
                 mesh_core::admin::gated_readiness_handler(ctx.drain.clone(), {
                     let (p, c, sock) = (pods.clone(), ctx.clone(), cfg.socket_path());

@@ -5,7 +5,7 @@ use clap::Parser;
 
 /// The per-node L4 proxy of the mesh.
 #[derive(Parser)]
-#[command(version)]
+#[command(version = mesh_primitives::version!())]
 struct Args {
     /// YAML config file; environment variables override it.
     #[arg(long, env = "ZTUNNEL_CONFIG")]

@@ -23,7 +23,7 @@ enum Mode {
 /// The mesh's node agent.
 #[derive(Parser, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-#[command(name = "mesh-cni-agent", version)]
+#[command(name = "mesh-cni-agent", version = mesh_primitives::version!())]
 struct Args {
     /// Where pods come from.
     #[arg(long, env = "MESH_CNI_MODE", value_enum, default_value = "local")]

@@ -3,6 +3,11 @@
 use std::io::Read;
 
 fn main() {
+    // The runtime speaks through CNI_* variables and stdin; a person asking for the version gets it.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("mesh-cni {}", mesh_primitives::version!());
+        return;
+    }
     let mut stdin = String::new();
     let _ = std::io::stdin().read_to_string(&mut stdin);
     let result =

@@ -396,7 +396,7 @@ impl StateStore {
 }
 
 pub fn read_file(path: &Path) -> Result<Snapshot, StateError> {
-    let local: LocalState = crate::config::load_yaml(path)?;
+    let local: LocalState = crate::config::load_yaml("local state file", path)?;
     Snapshot::build(local)
 }
 

@@ -266,3 +266,21 @@ fn a_reload_parses_only_the_files_that_changed() {
     let (fourth, _) = cache.load(dir.path(), Some(&third));
     assert_eq!(vs_weight(&fourth, "x"), None, "a removed file's objects go");
 }
+
+#[test]
+fn an_empty_file_says_so_and_removes_what_it_held() {
+    let dir = TempDir::new("empty");
+    dir.write("a.yaml", &svc("s", 80));
+    let (first, _) = load_dir(dir.path(), None);
+    assert_eq!(svc_port(&first, "s"), Some(80));
+    dir.write("a.yaml", "# nothing here yet\n");
+    let (second, diags) = load_dir(dir.path(), Some(&first));
+    assert_eq!(svc_port(&second, "s"), None, "emptied on purpose: gone");
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].severity, Severity::Warning);
+    assert!(diags[0].reason.contains("holds no object"), "{diags:#?}");
+    assert!(diags[0]
+        .file
+        .as_ref()
+        .is_some_and(|f| f.ends_with("a.yaml")));
+}

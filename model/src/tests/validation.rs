@@ -658,6 +658,15 @@ fn unknown_kinds_and_fields_are_errors_unsupported_ones_warnings() {
         &format!("{VS_HEAD}  http:\n  - route: [{{destination: {{host: a}}, weigth: 90}}]\n"),
         "spec.http[0].route[0].weigth: unknown field weigth (did you mean weight?)",
     );
+    // A right name in the wrong place is no API's either: rejected, saying where the field belongs.
+    rejected(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mode: STRICT}\n",
+        "spec.mode: mode is not a field here; the PeerAuthentication API has it at spec.mtls.mode",
+    );
+    rejected(
+        &format!("{VS_HEAD}  http:\n  - route: [{{destination: {{host: a, weight: 90}}}}]\n"),
+        "spec.http[0].route[0].destination.weight: weight is not a field here; the VirtualService API has it at spec.http.route.weight",
+    );
 }
 
 #[test]

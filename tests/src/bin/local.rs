@@ -12,18 +12,38 @@ use mesh_tests::net::{exchange, whoami};
 use mesh_tests::Cluster;
 
 #[derive(Parser)]
+#[command(name = "mesh-local", version = mesh_primitives::version!())]
 struct Args {
     /// Check the demo traffic, print the results, tear everything down and exit.
     #[arg(long)]
     once: bool,
-    /// Keep the logs and config directory when tearing down (as MESH_KEEP=1 does).
-    #[arg(long)]
-    keep_logs: bool,
+    /// Copy the logs and the config directory to DIR when tearing down (also after a failure).
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<std::path::PathBuf>,
+    /// Make one version of order-service fail (every request answered 503) after the demo, and watch the
+    /// waypoint's outlier detection (the seed's DestinationRule: 5 consecutive 5xx) eject it.
+    #[arg(long, value_enum)]
+    fault: Option<Version>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn pod(self) -> &'static str {
+        match self {
+            Version::V1 => "order-v1",
+            Version::V2 => "order-v2",
+        }
+    }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.keep_logs {
+    if args.keep_logs.is_some() {
         // Read by the cluster's teardown; set before any thread exists.
         std::env::set_var("MESH_KEEP", "1");
     }
@@ -35,6 +55,31 @@ fn main() -> Result<()> {
         "starting the control plane and a 2-node mesh (network namespaces, CNI bridge plugin, a ztunnel per node)..."
     );
     let c = mesh_tests::seed::start()?;
+    let dir = c.dir.clone();
+    // The cluster is torn down when `demo` returns, so its logs are complete when copied.
+    let result = demo(c, &args);
+    if let Some(to) = &args.keep_logs {
+        keep_logs(&dir, to)?;
+    }
+    result
+}
+
+fn keep_logs(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    mesh_tests::sh(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", from.display()),
+            &to.display().to_string(),
+        ],
+    )?;
+    let _ = std::fs::remove_dir_all(from);
+    println!("logs and config kept in {}", to.display());
+    Ok(())
+}
+
+fn demo(c: Cluster, args: &Args) -> Result<()> {
     let vip: SocketAddr = mesh_tests::seed::ECHO_VIP.parse()?;
     let sleep = c.pod("sleep").netns.clone();
 
@@ -98,6 +143,9 @@ fn main() -> Result<()> {
     );
 
     demo_waypoint(&c)?;
+    if let Some(version) = args.fault {
+        demo_fault(&c, version.pod())?;
+    }
 
     let metrics = c.metrics(1)?;
     println!("\nnode2 ztunnel metrics (istio_tcp_connections_opened_total):");
@@ -146,10 +194,9 @@ fn main() -> Result<()> {
     println!(
         "Logs and config: {}. Ctrl-C tears everything down{}.",
         c.dir.display(),
-        if args.keep_logs {
-            " and keeps that directory"
-        } else {
-            " (--keep-logs keeps that directory)"
+        match &args.keep_logs {
+            Some(to) => format!(" and copies them to {}", to.display()),
+            None => " (--keep-logs DIR keeps a copy)".to_string(),
         }
     );
     let (tx, rx) = std::sync::mpsc::channel();
@@ -202,6 +249,62 @@ waypoint (seed VirtualService + DestinationRule) for order-service (198.18.255.1
         plain.get("v1").copied().unwrap_or(0) + v2 == 1000 && (60..=140).contains(&v2),
         "the 90/10 split is off: {plain:?}"
     );
+    Ok(())
+}
+
+/// `--fault`: the pod fails every request; the waypoint ejects it after five 5xx in a row (the seed's
+/// `consecutive5xxErrors: 5`) and sends it nothing for `baseEjectionTime` (30s, growing with each ejection).
+fn demo_fault(c: &Cluster, pod: &str) -> Result<()> {
+    let sleep = c.pod("sleep").netns.clone();
+    let vip: SocketAddr = mesh_tests::seed::ORDER_VIP.parse()?;
+    let ip = c.pod(pod).ip.to_string();
+    c.set_failing("sleep", pod, -1)?;
+    println!("\n--fault: {pod} ({ip}) now answers 503 to every request");
+    let ejected = mesh_tests::poll(
+        "the waypoint to eject the failing pod",
+        std::time::Duration::from_secs(30),
+        || {
+            let _ = load(&sleep, vip, 20, 2, |_| Req::get("/"));
+            let dump = c.waypoint_dump("waypoint").ok()?;
+            let clusters = dump["clusters"].as_array()?.clone();
+            clusters.into_iter().find(|cl| {
+                cl["ejected"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|h| h == ip.as_str()))
+            })
+        },
+    )?;
+    println!(
+        "  outlier detection ejected {pod} from cluster {}",
+        ejected["name"].as_str().unwrap_or("?")
+    );
+    let replies = load(&sleep, vip, 200, 4, |_| Req::get("/"))?;
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for r in replies {
+        let key = match r {
+            Ok(r) if r.status == 200 => r.header("x-version").to_string(),
+            Ok(r) => format!("HTTP {}", r.status),
+            Err(e) => format!("error: {e}"),
+        };
+        *by.entry(key).or_default() += 1;
+    }
+    println!("  200 requests while it is ejected: {by:?}");
+    // The gauges are refreshed each second.
+    let gauge = mesh_tests::poll(
+        "the ejection gauge",
+        std::time::Duration::from_secs(3),
+        || {
+            let metrics = c.waypoint_metrics("waypoint").ok()?;
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("envoy_cluster_outlier_detection_ejections_active")
+                        && !l.ends_with(" 0")
+                })
+                .map(str::to_string)
+        },
+    )?;
+    println!("  waypoint metrics: {gauge}");
     Ok(())
 }
 
