@@ -183,6 +183,7 @@ pub async fn run(
         crate::serving::ServingCert::new(ca.clone(), id, CONTROL_DNS, cfg.serving_certificate_ttl)?;
 
     let mut registry = Registry::default();
+    mesh_core::metrics::register_build(&mut registry, "pilot");
     let auth: Arc<dyn crate::ca::Authenticator> = match &kube_client {
         Some(c) => Arc::new(crate::token_review::TokenReviewAuthenticator::new(
             c.clone(),

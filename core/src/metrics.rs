@@ -17,6 +17,29 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// Istio's `istio_build{component, tag}`, value 1: which component and version a scrape target is, so a
+/// dashboard can select one component's `process_*` metrics (`* on (instance) group_left () istio_build{...}`).
+/// Components as Istio names them: `ztunnel`, `proxy` (the waypoint), `pilot` (the control plane).
+pub fn register_build(registry: &mut Registry, component: &'static str) {
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Build {
+        component: &'static str,
+        tag: &'static str,
+    }
+    let build = Family::<Build, prometheus_client::metrics::gauge::Gauge>::default();
+    build
+        .get_or_create(&Build {
+            component,
+            tag: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    registry.register(
+        "istio_build",
+        "The component and version of this process",
+        build,
+    );
+}
+
 /// The standard `process_*` metrics of the Prometheus client libraries (what Istio's processes export too), read
 /// from `/proc/self` at each scrape.
 fn process_metrics(out: &mut String) {

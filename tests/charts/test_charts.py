@@ -50,6 +50,7 @@ CUSTOM_VALUES: dict[str, dict[str, Any]] = {
     "base": {},
     "control": {
         "image": {"repository": "registry.example/mesh", "tag": "v9.9.9", "pullPolicy": "Always"},
+        "dashboards": {"labels": {"grafana_dashboard": "1", "team": "observability"}},
         "imagePullSecrets": ["regcred"],
         "replicaCount": 3,
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 7, "targetCPUUtilizationPercentage": 60},
@@ -268,12 +269,35 @@ def test_control_custom_values() -> None:
     assert env_of(c)["TRUST_DOMAIN"] == "example.org"
     assert env_of(c)["ROOT_NAMESPACE"] == "mesh-root"
     assert {v["name"]: v.get("secret") for v in pod["spec"]["volumes"]}["cacerts"] == {"secretName": "my-cacerts"}
-    config = yaml.safe_load(one(objects, "ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(one(objects, "ConfigMap", "control-config")["data"]["config.yaml"])
     assert config["pluginCa"] == {"certChain": "/etc/cacerts/cert-chain.pem", "key": "/etc/cacerts/ca-key.pem"}
     assert config["nodeProxyServiceAccounts"] == ["istio-system/ztunnel", "other/ztunnel"]
     assert config["waypointDeployment"]["image"] == "registry.example/mesh/waypoint:custom"
     sm = one(objects, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prom"
+
+
+DASHBOARDS = {"mesh-overview.json": "mesh-overview.json", "mesh-service.json": "service.json",
+              "mesh-workload.json": "workload.json", "mesh-ztunnel.json": "ztunnel.json",
+              "mesh-waypoint.json": "waypoint.json", "mesh-control-plane.json": "control-plane.json"}
+
+
+def test_control_ships_the_grafana_dashboards() -> None:
+    """Each dashboard file, unchanged, in one ConfigMap Grafana's sidecar loads; off when disabled. (That every
+    query returns data is tested against a real Prometheus in tests/tests/prometheus.rs.)"""
+    cm = one(render("control"), "ConfigMap", "mesh-grafana-dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert set(cm["data"]) == set(DASHBOARDS)
+    files = sorted(p.name for p in (CHARTS / "control" / "dashboards").glob("*.json"))
+    assert files == sorted(DASHBOARDS.values()), "a dashboard file the ConfigMap does not ship"
+    for key, file in DASHBOARDS.items():
+        shipped = json.loads(cm["data"][key])
+        assert shipped == json.loads((CHARTS / "control" / "dashboards" / file).read_text())
+        assert shipped["title"].startswith("Mesh / ") and shipped["panels"]
+    custom = one(render("control", values_for("control", "custom")), "ConfigMap", "mesh-grafana-dashboards")
+    assert custom["metadata"]["labels"]["team"] == "observability"
+    off = render("control", {"dashboards": {"enabled": False}})
+    assert [o["metadata"]["name"] for o in off if o["kind"] == "ConfigMap"] == ["control-config"]
 
 
 def test_control_pdb_follows_replicas_without_hpa() -> None:
@@ -325,7 +349,8 @@ def test_control_config_file_has_only_fields_the_control_plane_knows() -> None:
         snake = re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), field)
         assert f"pub {snake}:" in source, f"control's Config has no field {snake}: update the chart and this test"
     for which in VALUE_SETS:
-        config = yaml.safe_load(one(render("control", values_for("control", which)), "ConfigMap")["data"]["config.yaml"])
+        config = yaml.safe_load(
+            one(render("control", values_for("control", which)), "ConfigMap", "control-config")["data"]["config.yaml"])
         assert set(config) <= known
         assert set(config["waypointDeployment"]) <= {"image", "controlPlaneAddress", "trustDomain"}
 

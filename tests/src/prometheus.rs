@@ -2,7 +2,7 @@
 //! every node, pod and the control plane), discovers its targets from a file the harness writes
 //! (`file_sd_configs`), scrapes every second, and is asked through its HTTP API with PromQL.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -174,4 +174,77 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A query a shipped Grafana dashboard runs: its file, the panel or variable, the PromQL.
+#[derive(Debug)]
+pub struct DashboardQuery {
+    pub file: String,
+    pub panel: String,
+    pub promql: String,
+}
+
+/// Every query of the dashboards the control chart ships (`charts/control/dashboards/*.json`): each panel
+/// target's `expr` with the template variables set to All (`.*`) and `$__rate_interval` to `window`, and each
+/// `label_values(metric, label)` variable as `count by (label) (metric)`.
+pub fn dashboard_queries(window: &str) -> Result<Vec<DashboardQuery>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/control/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let file = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{file} is not JSON"))?;
+        let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        while let Some(panel) = panels.pop() {
+            panels.extend(panel["panels"].as_array().into_iter().flatten());
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                let promql = ["$namespace", "$service", "$workload"]
+                    .iter()
+                    .fold(expr.replace("$__rate_interval", window), |q, var| {
+                        q.replace(var, ".*")
+                    });
+                out.push(DashboardQuery {
+                    file: file.clone(),
+                    panel: panel["title"].as_str().unwrap_or_default().to_string(),
+                    promql,
+                });
+            }
+        }
+        for var in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let query = var["query"].as_str().unwrap_or_default();
+            if let Some(args) = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+            {
+                let (metric, label) = args
+                    .rsplit_once(',')
+                    .with_context(|| format!("{file}: variable query {query:?}"))?;
+                out.push(DashboardQuery {
+                    file: file.clone(),
+                    panel: format!("variable {}", var["name"].as_str().unwrap_or_default()),
+                    promql: format!("count by ({}) ({})", label.trim(), metric.trim()),
+                });
+            }
+        }
+    }
+    Ok(out)
 }

@@ -184,4 +184,19 @@ fn prometheus_sees_the_canary_split_and_the_bytes_sent() {
     // were made; a per-request or per-connection label would show here).
     let series = prom.scalar("count({__name__=~\"istio_.*\"})").unwrap();
     assert!(series < 200.0, "{series} istio_* series");
+
+    // Every query of the dashboards the chart ships answers with data from this cluster (All selected; a window
+    // that holds the traffic above).
+    let queries = mesh_tests::prometheus::dashboard_queries("60s").unwrap();
+    assert!(queries.len() > 60, "{} dashboard queries", queries.len());
+    let empty: Vec<String> = queries
+        .iter()
+        .filter(|q| prom.query(&q.promql).map_or(true, |r| r.is_empty()))
+        .map(|q| format!("{} / {}: {}", q.file, q.panel, q.promql))
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 }

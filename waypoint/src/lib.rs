@@ -92,6 +92,7 @@ impl Waypoint {
             .clone()
             .expect("validated: a waypoint has a control plane");
         let mut registry = Registry::default();
+        mesh_core::metrics::register_build(&mut registry, "proxy");
         let metrics = metrics::Metrics::register(&mut registry);
         let registry = Arc::new(registry);
         let state = StateStore::default();

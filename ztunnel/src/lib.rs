@@ -84,6 +84,7 @@ impl Ztunnel {
     pub async fn start(cfg: Config) -> Result<Self, StartError> {
         let cfg = Arc::new(cfg);
         let mut registry = Registry::default();
+        mesh_core::metrics::register_build(&mut registry, "ztunnel");
         let metrics = metrics::Metrics::register(&mut registry);
         let registry = Arc::new(registry);
 
