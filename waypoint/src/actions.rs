@@ -132,6 +132,7 @@ fn answer(status: StatusCode, content_type: &str, body: Bytes) -> Forwarded {
         resp: response(status, content_type, body),
         flags: ResponseFlags::None,
         upstream: None,
+        retries: 0,
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Config {
     pub max_buffered_body_bytes: usize,
     pub h2: H2Settings,
     pub pool: PoolSettings,
+    /// Distributed tracing: spans exported over OTLP/gRPC. Unset: no spans, no cost.
+    pub tracing: Option<crate::trace::TracingConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             max_buffered_body_bytes: 64 * 1024,
             h2: H2Settings::default(),
             pool: PoolSettings::default(),
+            tracing: None,
         }
     }
 }
@@ -78,6 +81,17 @@ impl Config {
         env_override("ADMIN_ADDR", &mut cfg.admin_addr)?;
         env_override("METRICS_ADDR", &mut cfg.metrics_addr)?;
         env_override("READINESS_ADDR", &mut cfg.readiness_addr)?;
+        if let Ok(address) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            match &mut cfg.tracing {
+                Some(t) => t.address = address,
+                None => {
+                    cfg.tracing = Some(crate::trace::TracingConfig {
+                        address,
+                        sampling_percentage: 1.0,
+                    })
+                }
+            }
+        }
         // In Kubernetes the control plane's Deployment of the waypoint passes these (Istio's `CA_ADDR`).
         if let Ok(address) = std::env::var("CA_ADDR") {
             let var =
@@ -112,6 +126,17 @@ impl Config {
         if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
             return invalid("trustDomain", "must be a non-empty name without '/'");
         }
+        if let Some(t) = &self.tracing {
+            if !(t.address.starts_with("http://") || t.address.starts_with("https://")) {
+                return invalid(
+                    "tracing.address",
+                    "must be http://host:port or https://host:port (OTLP/gRPC)",
+                );
+            }
+            if !(0.0..=100.0).contains(&t.sampling_percentage) {
+                return invalid("tracing.samplingPercentage", "must be between 0 and 100");
+            }
+        }
         Ok(())
     }
 
@@ -139,6 +164,10 @@ pub const ENV: &[(&str, &str)] = &[
     ("CA_ROOT_CERT", "controlPlane.rootCert"),
     ("CA_TLS_NAME", "controlPlane.tlsName"),
     ("CA_TOKEN_FILE", "controlPlane.tokenFile"),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "tracing.address (OTLP/gRPC collector)",
+    ),
 ];
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ async fn attempts(
                     .get_or_create(&crate::metrics::ClusterMetrics::label(&cluster))
                     .inc();
             }
-            return finish(result, w, attempt > 0);
+            return finish(result, w, attempt);
         }
         attempt += 1;
         // Before the n-th retry: 50–100 ms, then 100–200 ms, then 125–250 ms (capped at 250 ms, Envoy's 10× its
@@ -232,17 +232,19 @@ async fn attempts(
 fn finish(
     result: Result<Response<Incoming>, AttemptError>,
     w: Arc<Workload>,
-    retried: bool,
+    retries: u32,
 ) -> Forwarded {
     let mut f = match result {
         Ok(resp) => Forwarded {
             resp: resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             flags: ResponseFlags::None,
             upstream: None,
+            retries,
         },
         Err(e) => LocalReply::from(e).into(),
     };
-    if retried && f.resp.status().is_server_error() && f.flags == ResponseFlags::None {
+    f.retries = retries;
+    if retries > 0 && f.resp.status().is_server_error() && f.flags == ResponseFlags::None {
         f.flags = ResponseFlags::URX;
     }
     f.upstream = Some(w);

@@ -28,6 +28,7 @@ use crate::routes::{
     default_route, Action, Destination, Match, RequestView, RetryPolicy, Route, ServiceRoutes,
     WeightedDestination,
 };
+use crate::trace;
 use crate::upstream::Body;
 use crate::Ctx;
 use mesh_core::metrics::{Reporter, ResponseFlags, SecurityPolicy};
@@ -49,8 +50,19 @@ pub async fn handle(
     // Built only when the access log is on: it costs allocations on every request.
     let line =
         tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessLine::of(&req));
-    let (mut f, service) = route_request(&ctx, &down, req).await;
+    // Only with a tracer: continuing the trace costs a span and header rewrites on every request.
+    let mut traced = ctx.tracer.as_ref().map(|t| Traced {
+        context: trace::Context::continue_or_start(req.headers(), t.sampling_percentage),
+        start: std::time::SystemTime::now(),
+        name: format!("{} {}", req.method(), req.uri().path()),
+        route: String::new(),
+        cluster: String::new(),
+    });
+    let (mut f, service) = route_request(&ctx, &down, req, traced.as_mut()).await;
     record(&ctx, &down, &f, &service, protocol, started.elapsed());
+    if let (Some(tracer), Some(t)) = (&ctx.tracer, traced) {
+        tracer.record(t.finish(&f, &service));
+    }
     if let Some(line) = line {
         line.log(&down, &f, &service, started.elapsed());
     }
@@ -93,17 +105,52 @@ struct Routed<'a> {
     delayed: bool,
 }
 
+/// A request's span while it is routed: its context, and what the pipeline learns of it.
+struct Traced {
+    context: trace::Context,
+    start: std::time::SystemTime,
+    name: String,
+    route: String,
+    cluster: String,
+}
+
+impl Traced {
+    fn finish(self, f: &Forwarded, service: &str) -> trace::Finished {
+        let upstream = f
+            .upstream
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |w| w.ip.to_string());
+        trace::Finished {
+            context: self.context,
+            name: self.name,
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("istio.service", service.to_string()),
+                ("istio.route", self.route),
+                ("upstream_cluster", self.cluster),
+                ("upstream_host", upstream),
+                ("retries", f.retries.to_string()),
+                ("response_flags", f.flags.as_str().to_string()),
+                ("component", "proxy".to_string()),
+            ],
+            status_code: f.resp.status().as_u16(),
+        }
+    }
+}
+
 /// Runs the pipeline; returns the response and the service it is reported under.
 async fn route_request(
     ctx: &Arc<Ctx>,
     down: &Downstream,
     req: Request<Incoming>,
+    traced: Option<&mut Traced>,
 ) -> (Forwarded, String) {
     let key = down.service_key();
     let l7 = ctx.l7.load_full();
     let routes = l7.config.services.get(&key).cloned();
     let fallback = routes.is_none().then(|| default_route(&key));
-    match run(ctx, down, routes.as_deref(), fallback.as_ref(), req).await {
+    match run(ctx, down, routes.as_deref(), fallback.as_ref(), req, traced).await {
         Ok(done) => done,
         Err(answer) => (answer.into(), key),
     }
@@ -115,6 +162,7 @@ async fn run(
     routes: Option<&ServiceRoutes>,
     fallback: Option<&Route>,
     req: Request<Incoming>,
+    traced: Option<&mut Traced>,
 ) -> Result<(Forwarded, String), Answer> {
     let (parts, body) = req.into_parts();
     let (authority, path) = target(&parts);
@@ -134,7 +182,7 @@ async fn run(
     let routed = match_route(routes, fallback, &view)?;
     let routed = inject_faults(routed).await?;
     let wd = act(routed.route, &authority, &path)?;
-    let t = upstream_request(
+    let mut t = upstream_request(
         down,
         &parts.method,
         &parts.headers,
@@ -143,6 +191,17 @@ async fn run(
         path,
         authority,
     );
+    if let Some(traced) = traced {
+        // The upstream's parent is the waypoint's span.
+        traced.context.inject(&mut t.headers);
+        traced.route.clone_from(&routed.route.name);
+        traced.cluster = crate::cluster::ClusterKey {
+            service: wd.dest.service.clone(),
+            subset: wd.dest.subset.clone(),
+            port: wd.dest.port.unwrap_or(down.port),
+        }
+        .to_string();
+    }
     let payload = payload(ctx, body, routed.route).await?;
     if let Payload::Buffered(b) = &payload {
         for m in routed.route.mirrors.iter().filter(|m| chance(m.percent)) {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reply;
 pub mod routes;
+pub mod trace;
 pub mod upstream;
 pub mod xds;
 
@@ -42,6 +43,8 @@ pub enum StartError {
     Control(#[from] mesh_core::control::ControlError),
     #[error(transparent)]
     Listen(#[from] mesh_core::admin::ListenError),
+    #[error("tracing.address: {0}")]
+    Tracing(tonic::transport::Error),
 }
 
 /// What every connection and request shares.
@@ -55,6 +58,8 @@ pub struct Ctx {
     pub clusters: Clusters,
     pub metrics: metrics::Metrics,
     pub drain: DrainWatch,
+    /// Set when `tracing` is configured.
+    pub tracer: Option<trace::Tracer>,
 }
 
 impl Ctx {
@@ -121,6 +126,12 @@ impl Waypoint {
             clusters: Clusters::default(),
             metrics,
             drain: drain.watch(),
+            tracer: cfg
+                .tracing
+                .as_ref()
+                .map(|t| trace::Tracer::start(t, format!("{}.{}", cfg.name, cfg.namespace)))
+                .transpose()
+                .map_err(StartError::Tracing)?,
             cfg: cfg.clone(),
         });
         let hbone = mesh_core::admin::bind("HBONE", "hboneAddr", cfg.hbone_addr).await?;

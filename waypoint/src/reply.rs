@@ -17,6 +17,8 @@ pub struct Forwarded {
     pub resp: Response<Body>,
     pub flags: ResponseFlags,
     pub upstream: Option<Arc<Workload>>,
+    /// Retries made before this answer (its trace span reports them).
+    pub retries: u32,
 }
 
 /// Why the waypoint answered instead of an upstream.
@@ -89,6 +91,7 @@ impl From<LocalReply> for Forwarded {
             resp: response(r.status(), "text/plain", Bytes::from(r.to_string())),
             flags: r.flags(),
             upstream: None,
+            retries: 0,
         }
     }
 }

@@ -43,6 +43,8 @@ struct App {
     in_flight: AtomicU64,
     delay_ms: AtomicU64,
     bodies: std::sync::Mutex<Vec<usize>>,
+    /// The `traceparent` of each request (empty when none came).
+    traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 impl App {
@@ -56,6 +58,14 @@ impl App {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        self.traceparents
+            .lock()
+            .unwrap()
+            .push(tp.unwrap_or_default().to_string());
         let len = req
             .into_body()
             .collect()
@@ -258,6 +268,10 @@ async fn waypoint_with(n: u8, cfg: Config, service: pb::L7Service) -> Harness {
         clusters: Clusters::default(),
         metrics: waypoint::metrics::Metrics::register(&mut registry),
         drain: drain.watch(),
+        tracer: cfg
+            .tracing
+            .as_ref()
+            .map(|t| waypoint::trace::Tracer::start(t, "waypoint.default".into()).unwrap()),
         cfg: Arc::new(cfg),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -286,12 +300,13 @@ fn pool() -> Pool {
 impl Harness {
     /// One HTTP/1.1 GET to the service VIP, tunnelled to the waypoint as the client pod.
     async fn get(&self, path: &str, canary: bool) -> (StatusCode, String) {
-        self.send(http::Method::GET, path, Bytes::new(), canary)
+        let headers: &[(&str, &str)] = if canary { &[("x-canary", "true")] } else { &[] };
+        self.send(http::Method::GET, path, Bytes::new(), headers)
             .await
     }
 
     async fn post(&self, path: &str, body: Bytes) -> (StatusCode, String) {
-        self.send(http::Method::POST, path, body, false).await
+        self.send(http::Method::POST, path, body, &[]).await
     }
 
     async fn send(
@@ -299,7 +314,7 @@ impl Harness {
         method: http::Method,
         path: &str,
         body: Bytes,
-        canary: bool,
+        headers: &[(&str, &str)],
     ) -> (StatusCode, String) {
         let key = PoolKey {
             src: self.client_id.clone(),
@@ -325,8 +340,8 @@ impl Harness {
             .method(method)
             .uri(path)
             .header("host", "order-service");
-        if canary {
-            req = req.header("x-canary", "true");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let resp = send
             .send_request(req.body(Full::new(body)).unwrap())
@@ -598,5 +613,167 @@ async fn idle_timeout_retires_pooled_upstream_connections() {
         v1b.conns.load(Ordering::Acquire),
         1,
         "without idleTimeout the connection is reused"
+    );
+}
+
+/// An OTLP/gRPC collector: every span exported to it, decoded from the real protobufs.
+struct Collector(tokio::sync::mpsc::UnboundedSender<opentelemetry_proto::tonic::trace::v1::Span>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        req: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                ss.spans.into_iter().for_each(|s| drop(self.0.send(s)));
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+async fn next_span(
+    spans: &mut tokio::sync::mpsc::UnboundedReceiver<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> opentelemetry_proto::tonic::trace::v1::Span {
+    tokio::time::timeout(Duration::from_secs(10), spans.recv())
+        .await
+        .expect("a span within 10 s")
+        .expect("collector running")
+}
+
+#[tokio::test]
+async fn traces_continue_through_the_waypoint_and_reach_the_collector() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let (tx, mut spans) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (v1, v2) = apps(40).await;
+    let cfg = Config {
+        tracing: Some(waypoint::trace::TracingConfig {
+            address: format!("http://{collector}"),
+            sampling_percentage: 100.0,
+        }),
+        ..Config::default()
+    };
+    let h = waypoint_with(40, cfg, seed(40)).await;
+    let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| -> String {
+        s.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref()?.value.clone())
+            .map(|v| match v {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => s,
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default()
+    };
+    let last_seen = || {
+        let all: Vec<String> = [&v1, &v2]
+            .iter()
+            .flat_map(|a| a.traceparents.lock().unwrap().clone())
+            .collect();
+        all
+    };
+
+    // A W3C context is continued: the span's parent is the caller's, and the app's parent is the waypoint's span.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, _) = h
+        .send(
+            http::Method::GET,
+            "/",
+            Bytes::new(),
+            &[("traceparent", caller)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let span = next_span(&mut spans).await;
+    assert_eq!(
+        hex::encode(&span.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(hex::encode(&span.parent_span_id), "00f067aa0ba902b7");
+    let sent = format!(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+        hex::encode(&span.span_id)
+    );
+    assert!(
+        last_seen().contains(&sent),
+        "the app saw {:?}, not {sent}",
+        last_seen()
+    );
+    assert_eq!(attr(&span, "istio.route"), "split");
+    assert!(
+        attr(&span, "upstream_cluster").starts_with("outbound|80|v"),
+        "{span:?}"
+    );
+    assert!(
+        attr(&span, "upstream_host").starts_with("127.0.0.4"),
+        "{span:?}"
+    );
+    assert_eq!(attr(&span, "http.status_code"), "200");
+    assert_eq!(attr(&span, "response_flags"), "-");
+
+    // No context: the waypoint starts a trace, and its span is the root the app's context points at.
+    h.get("/", true).await;
+    let span = next_span(&mut spans).await;
+    assert!(span.parent_span_id.is_empty(), "a root span");
+    let sent = format!(
+        "00-{}-{}-01",
+        hex::encode(&span.trace_id),
+        hex::encode(&span.span_id)
+    );
+    assert!(last_seen().contains(&sent), "{:?}", last_seen());
+    assert_eq!(attr(&span, "istio.route"), "canary");
+
+    // B3 in: the same trace continues (its 64-bit id widened), in W3C upstream too.
+    let b3 = [
+        ("x-b3-traceid", "a3ce929d0e0e4736"),
+        ("x-b3-spanid", "00f067aa0ba902b7"),
+        ("x-b3-sampled", "1"),
+    ];
+    h.send(http::Method::GET, "/", Bytes::new(), &b3).await;
+    let span = next_span(&mut spans).await;
+    assert_eq!(
+        hex::encode(&span.trace_id),
+        "0000000000000000a3ce929d0e0e4736"
+    );
+    assert_eq!(hex::encode(&span.parent_span_id), "00f067aa0ba902b7");
+
+    // Retries are on the span; an unsampled context exports nothing.
+    v1.fail.store(1, Ordering::Release);
+    v2.fail.store(1, Ordering::Release);
+    assert_eq!(h.get("/retried", false).await.0, StatusCode::OK);
+    let span = next_span(&mut spans).await;
+    assert_ne!(attr(&span, "retries"), "0", "{span:?}");
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    h.send(
+        http::Method::GET,
+        "/",
+        Bytes::new(),
+        &[("traceparent", unsampled)],
+    )
+    .await;
+    h.get("/", true).await;
+    let span = next_span(&mut spans).await;
+    assert_eq!(
+        attr(&span, "istio.route"),
+        "canary",
+        "the unsampled request was not exported"
     );
 }
