@@ -12,6 +12,7 @@ pub mod bench;
 pub mod control;
 pub mod http;
 pub mod kube_api;
+pub mod live;
 pub mod net;
 pub mod prometheus;
 pub mod seed;

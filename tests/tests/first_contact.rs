@@ -239,6 +239,75 @@ fn the_local_run_shows_the_split_then_ejects_a_failing_version() {
     let _ = std::fs::remove_dir_all(&keep);
 }
 
+/// The live local run (`scripts/run-local.sh` without `--once`): demo traffic and a table read from the proxies'
+/// metrics, then Ctrl-C ends it cleanly, leaving no namespace behind.
+#[test]
+fn the_live_local_run_shows_its_table_and_ends_cleanly_on_ctrl_c() {
+    mesh_tests::require_netns!();
+    let out_file = std::env::temp_dir().join(format!("mesh-live-{}.out", std::process::id()));
+    let mut child = Command::new(bin("mesh-local").unwrap())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&out_file).unwrap_or_default();
+    let table = mesh_tests::poll("the live table", Duration::from_secs(90), || {
+        let out = read();
+        // A whole table: a rate for each version, then the edges, the waypoint's to both versions over mTLS.
+        let last = out
+            .rsplit("order-service through the waypoint")
+            .next()?
+            .to_string();
+        let rate = |v: &str| -> Option<f64> {
+            last.lines()
+                .find(|l| l.trim_start().starts_with(v))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        (rate("v1")? > 0.0
+            && rate("v2")? > 0.0
+            && last.contains("waypoint -> order-v1  mutual_tls")
+            && last.contains("waypoint -> order-v2  mutual_tls"))
+        .then_some(last)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mesh-local did not end on Ctrl-C:\n{}", read());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = read();
+    let _ = std::fs::remove_file(&out_file);
+    table.unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    assert!(
+        status.success() && out.contains("tearing down"),
+        "{status:?}\n{out}"
+    );
+    // Its namespaces are named after the pods it printed: `netns <prefix>-sleep`.
+    let prefix = out
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("-sleep"))
+        .unwrap_or_else(|| panic!("no sleep pod in:\n{out}"))
+        .to_string();
+    let left = mesh_tests::sh("ip", &["netns", "list"]).unwrap();
+    assert!(
+        !left.contains(&format!("{prefix}-")),
+        "namespaces left behind:\n{left}"
+    );
+}
+
 /// `--version` of every binary says its own name, the version and the git commit it was built from.
 #[test]
 fn every_binary_says_its_name_version_and_commit() {

@@ -167,30 +167,7 @@ fn demo(c: Cluster, args: &Args) -> Result<()> {
         "control plane pushes the change; `meshctl analyze {0}` checks it offline.",
         c.config_dir().display()
     );
-    println!("Try, in another shell:");
-    println!(
-        "  sudo ip netns exec {} curl -s {}:15014/debug/config_dump",
-        c.underlay,
-        mesh_tests::control::CONTROL_IP
-    );
-    println!(
-        "  sudo ip netns exec {} curl -s --http0.9 {}:8081   # who echo-v2 saw calling (its own ztunnel)",
-        sleep,
-        c.pod("echo-v2").ip
-    );
-    println!(
-        "  sudo ip netns exec {} curl -s -H 'x-canary: true' {}   # order-service through the waypoint: v2",
-        sleep,
-        mesh_tests::seed::ORDER_VIP
-    );
-    println!(
-        "  sudo ip netns exec {} curl -s 127.0.0.1:15000/config_dump",
-        c.nodes[0].netns
-    );
-    println!(
-        "  sudo ip netns exec {} curl -s 127.0.0.1:15020/metrics",
-        c.nodes[1].netns
-    );
+    print_endpoints(&c);
     println!(
         "Logs and config: {}. Ctrl-C tears everything down{}.",
         c.dir.display(),
@@ -201,8 +178,80 @@ fn demo(c: Cluster, args: &Args) -> Result<()> {
     );
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc_channel(tx)?;
-    rx.recv().context("waiting for Ctrl-C")?;
+    live(&c, &rx)?;
     println!("tearing down");
+    Ok(())
+}
+
+/// Where to look while it runs: the Prometheus-format endpoints, the admin ports, and commands that read them.
+fn print_endpoints(c: &Cluster) {
+    let u = &c.underlay;
+    let control = mesh_tests::control::CONTROL_IP;
+    let waypoint = c.pod("waypoint");
+    println!("Prometheus-format metrics (from the underlay: sudo ip netns exec {u} curl -s URL):");
+    for (i, n) in c.nodes.iter().enumerate() {
+        println!(
+            "  ztunnel {}:  http://198.19.0.{}:15020/metrics",
+            n.name,
+            i + 1
+        );
+    }
+    println!("  waypoint:       http://{}:15020/metrics", waypoint.ip);
+    println!(
+        "  control plane:  http://{control}:15014/metrics   (/debug/config_dump, /debug/analyze)"
+    );
+    println!("Admin ports (127.0.0.1:15000 inside each proxy's namespace):");
+    for n in &c.nodes {
+        println!(
+            "  sudo ip netns exec {} target/debug/meshctl proxy-config workloads   # ztunnel of {}",
+            n.netns, n.name
+        );
+    }
+    println!(
+        "  sudo ip netns exec {} target/debug/meshctl proxy-config routes      # the waypoint",
+        waypoint.netns
+    );
+    println!(
+        "  sudo ip netns exec {} curl -s -H 'x-canary: true' {}   # order-service through the waypoint: v2",
+        c.pod("sleep").netns,
+        mesh_tests::seed::ORDER_VIP
+    );
+}
+
+/// Demo traffic and the live table until Ctrl-C: redrawn in place each second on a terminal, every few seconds
+/// as plain lines otherwise (a log file).
+fn live(c: &Cluster, ctrl_c: &std::sync::mpsc::Receiver<()>) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = mesh_tests::live::traffic(c, stop.clone())?;
+    let tty = std::io::stdout().is_terminal();
+    let every = std::time::Duration::from_secs(if tty { 1 } else { 3 });
+    let mut before = (
+        std::time::Instant::now(),
+        mesh_tests::live::Sample::take(c)?,
+    );
+    let mut drawn = 0;
+    println!();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ctrl_c.recv_timeout(every) {
+        let now = (
+            std::time::Instant::now(),
+            mesh_tests::live::Sample::take(c)?,
+        );
+        let lines = mesh_tests::live::render(&before.1, &now.1, (now.0 - before.0).as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        if tty && drawn > 0 {
+            // Back to the table's first line, and clear below it.
+            write!(out, "\x1b[{drawn}A\x1b[J")?;
+        }
+        for l in &lines {
+            writeln!(out, "{l}")?;
+        }
+        out.flush()?;
+        drawn = lines.len();
+        before = now;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = traffic.join();
     Ok(())
 }
 
