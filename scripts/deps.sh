@@ -2,7 +2,7 @@
 # Installs the Debian packages the mesh's tests and local run need, when root and any are missing.
 # Network namespaces, iptables and the CNI plugins are the "nodes" and "pods" of the local cluster.
 set -euo pipefail
-need=(iptables iproute2 containernetworking-plugins tcpdump iperf3 haproxy umoci runc prometheus curl)
+need=(iptables iproute2 containernetworking-plugins tcpdump iperf3 haproxy umoci runc prometheus curl chromium)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

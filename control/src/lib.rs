@@ -18,6 +18,7 @@ pub mod config;
 pub mod deploy;
 pub mod kube;
 pub mod leader;
+pub mod mesh_view;
 pub mod root_cert;
 pub mod server;
 pub mod serving;

@@ -206,8 +206,11 @@ pub async fn run(
     // Renewal is timed from issuance, even while the first config is awaited.
     tokio::spawn(serving.clone().rotate(stopping.clone()));
     let mut first_config = snap_rx.clone();
+    let view = crate::mesh_view::MeshView::new(Default::default(), PROXY_METRICS_PORT);
+    view.spawn();
     let ads = AdsService::new(snap_rx, auth, XdsMetrics::register(&mut registry))
-        .with_stop(stopping.clone());
+        .with_stop(stopping.clone())
+        .with_proxies(view.proxies.clone());
     let refused_connections = prometheus_client::metrics::counter::Counter::default();
     registry.register(
         "mesh_control_connections_refused",
@@ -265,7 +268,7 @@ pub async fn run(
     let drain = mesh_core::drain::Drain::new();
     tokio::spawn(mesh_core::admin::serve(
         monitoring,
-        monitoring_handler(registry, status.clone()),
+        monitoring_handler(registry, status.clone(), view, cfg.trust_domain.clone()),
         drain.watch(),
     ));
 
@@ -320,11 +323,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Where ztunnels and waypoints serve their metrics (Istio's 15020); the mesh page reads them there.
+const PROXY_METRICS_PORT: u16 = 15020;
+
 fn monitoring_handler(
     registry: Arc<Registry>,
     status: Arc<ArcSwap<Status>>,
+    view: Arc<crate::mesh_view::MeshView>,
+    trust_domain: String,
 ) -> mesh_core::admin::Handler {
     Arc::new(move |req| match req.uri.path() {
+        "/dashboard" | "/dashboard/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::mesh_view::PAGE.to_string(),
+        ),
+        "/api/mesh" => mesh_core::admin::json(&view.json(&status.load(), &trust_domain)),
         p if mesh_core::admin::METRICS_PATHS.contains(&p) => {
             mesh_core::admin::metrics_reply(&registry)
         }
@@ -339,7 +353,7 @@ fn monitoring_handler(
         }
         _ => mesh_core::admin::text(
             StatusCode::NOT_FOUND,
-            "try /metrics, /ready, /debug/config_dump\n",
+            "try /dashboard, /metrics, /ready, /debug/config_dump\n",
         ),
     })
 }

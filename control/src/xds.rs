@@ -138,6 +138,7 @@ pub struct AdsService {
     auth: Arc<dyn Authenticator>,
     metrics: XdsMetrics,
     stopping: tokio_util::sync::CancellationToken,
+    proxies: crate::mesh_view::Proxies,
 }
 
 impl AdsService {
@@ -151,7 +152,14 @@ impl AdsService {
             auth,
             metrics,
             stopping: tokio_util::sync::CancellationToken::new(),
+            proxies: Default::default(),
         }
+    }
+
+    /// Records each stream (peer, address, config versions sent and acknowledged) for the mesh page.
+    pub fn with_proxies(mut self, proxies: crate::mesh_view::Proxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 
     /// When `stopping` is cancelled every stream ends with UNAVAILABLE, which tells proxies to reconnect (to
@@ -184,13 +192,18 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
         let caller = self.auth.authenticate(request.metadata()).await?;
+        let addr = request.remote_addr().map(|a| a.ip());
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
+        let peer = caller
+            .node
+            .clone()
+            .unwrap_or_else(|| caller.identity.to_string());
+        let id = self.proxies.open(peer.clone(), caller.node.is_some(), addr);
         let conn = Conn {
-            peer: caller
-                .node
-                .clone()
-                .unwrap_or_else(|| caller.identity.to_string()),
+            peer,
+            id,
+            proxies: self.proxies.clone(),
             types: HashMap::new(),
             nonce: 0,
             tx,
@@ -221,6 +234,9 @@ impl TypeState {
 
 struct Conn {
     peer: String,
+    /// This stream in the mesh page's list of proxies.
+    id: u64,
+    proxies: crate::mesh_view::Proxies,
     types: HashMap<String, TypeState>,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -273,6 +289,7 @@ impl Conn {
             }
         }
         self.metrics.connected.dec();
+        self.proxies.close(self.id);
         tracing::info!(peer = %self.peer, "xDS stream closed");
     }
 
@@ -305,6 +322,15 @@ impl Conn {
                 self.metrics.rejects.get_or_create(&labels).inc();
                 tracing::warn!(peer = %self.peer, r#type = %labels.r#type, nonce = %req.response_nonce, error = %err.message, "xDS NACK");
             } else if matches {
+                // Our nonces are `<config version>-<n>`.
+                if let Some(v) = req
+                    .response_nonce
+                    .split('-')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                {
+                    self.proxies.acked(self.id, v);
+                }
                 if let Some((_, Some(observed))) = state.pending.take() {
                     self.metrics
                         .convergence
@@ -387,6 +413,7 @@ impl Conn {
             nonce,
             ..Default::default()
         };
+        self.proxies.sent(self.id, snap.version);
         self.tx.send(Ok(resp)).await.map_err(|_| ())
     }
 }

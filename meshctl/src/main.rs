@@ -73,6 +73,17 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = proxy_config::Output::Table)]
         output: proxy_config::Output,
     },
+    /// The mesh page's URL (served by the control plane's monitoring port: the live service graph, workloads,
+    /// waypoints, policies and proxies), like `istioctl dashboard`. In a cluster, first
+    /// `kubectl port-forward -n istio-system svc/istiod 15014`.
+    Dashboard {
+        /// The control plane's monitoring address (host:port, or just the port).
+        #[arg(default_value = "127.0.0.1:15014")]
+        address: String,
+        /// Also open it in the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Change a running process's log filter (`RUST_LOG` syntax: `debug`, `info,access=off`) through its admin
     /// port, as `istioctl proxy-config log --level` does; prints the filter now in force.
     LogsLevel {
@@ -171,6 +182,7 @@ fn main() -> ExitCode {
             process,
             output,
         } => admin_reply(proxy_config::proxy_config(section, &process, output)),
+        Command::Dashboard { address, open } => dashboard(&address, open),
         Command::LogsLevel { process, level } => {
             admin_reply(proxy_config::logs_level(&process, &level))
         }
@@ -178,6 +190,24 @@ fn main() -> ExitCode {
             command: WaypointCommand::Apply(args),
         } => waypoint_apply(&args),
     }
+}
+
+fn dashboard(address: &str, open: bool) -> ExitCode {
+    let url = match proxy_config::dashboard_url(address) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{url}");
+    if open {
+        if let Err(e) = std::process::Command::new("xdg-open").arg(&url).status() {
+            eprintln!("error: cannot open a browser (xdg-open: {e}); open {url} yourself");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn admin_reply(reply: Result<String, proxy_config::AdminError>) -> ExitCode {

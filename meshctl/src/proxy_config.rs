@@ -71,6 +71,11 @@ fn normalize(addr: &str) -> Result<String, AdminError> {
     }
 }
 
+/// `meshctl dashboard`: the mesh page on the control plane's monitoring address.
+pub fn dashboard_url(addr: &str) -> Result<String, AdminError> {
+    Ok(format!("http://{}/dashboard", normalize(addr)?))
+}
+
 /// One HTTP/1.0 request to an admin port: the status and the body.
 fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), AdminError> {
     let connect = |source| AdminError::Connect {

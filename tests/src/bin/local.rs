@@ -188,6 +188,10 @@ fn print_endpoints(c: &Cluster) {
     let u = &c.underlay;
     let control = mesh_tests::control::CONTROL_IP;
     let waypoint = c.pod("waypoint");
+    println!(
+        "The mesh page (live service graph, workloads, policies, proxies), from the underlay:"
+    );
+    println!("  http://{control}:15014/dashboard   e.g. sudo ip netns exec {u} chromium --headless --no-sandbox --screenshot=/tmp/mesh.png http://{control}:15014/dashboard");
     println!("Prometheus-format metrics (from the underlay: sudo ip netns exec {u} curl -s URL):");
     for (i, n) in c.nodes.iter().enumerate() {
         println!(
