@@ -164,7 +164,20 @@ fn the_readme_by_hand_section_runs_as_written() {
         mtls.is_some_and(|n| n >= 1),
         "no mutual_tls series\n{context}"
     );
-    // It cleaned up after itself: no pod namespace is left.
+    // It cleaned up after itself: no socket in the run directory (the agent removes its own on SIGTERM, ztunnel
+    // makes none), no pod namespace.
+    let run = Path::new("/tmp/mesh-example/run");
+    let sockets: Vec<_> = std::fs::read_dir(run)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t))
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(sockets.is_empty(), "left behind: {sockets:?}\n{context}");
     for p in PODS {
         assert!(
             !Path::new("/run/netns")
