@@ -98,22 +98,10 @@ type Scrape = (Instant, HashMap<EdgeKey, Counts>);
 
 fn parse(text: &str) -> HashMap<EdgeKey, Counts> {
     let mut out: HashMap<EdgeKey, Counts> = HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((head, value)) = line.rsplit_once(' ') else {
+    for line in text.lines() {
+        let Some((name, labels, value)) = mesh_core::metrics::parse_sample(line) else {
             continue;
         };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let Some((name, labels)) = head.split_once('{') else {
-            continue;
-        };
-        let labels: HashMap<&str, &str> = labels
-            .trim_end_matches('}')
-            .split("\",")
-            .filter_map(|p| p.split_once("=\""))
-            .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
-            .collect();
         let l = |k: &str| labels.get(k).copied().unwrap_or("unknown");
         let mtls = l("connection_security_policy") == "mutual_tls";
         let src = format!(
@@ -173,18 +161,9 @@ fn parse(text: &str) -> HashMap<EdgeKey, Counts> {
     out
 }
 
-/// The latency under which 99% of the requests between two samples fell, in ms (the bucket's upper bound).
+/// The latency under which 99% of the requests between two samples fell, in whole ms.
 fn p99(before: &BTreeMap<u64, f64>, now: &BTreeMap<u64, f64>) -> Option<u64> {
-    let delta: Vec<(u64, f64)> = now
-        .iter()
-        .map(|(le, n)| (*le, n - before.get(le).unwrap_or(&0.0)))
-        .collect();
-    let total = delta.last()?.1;
-    (total > 0.0).then_some(())?;
-    delta
-        .iter()
-        .find(|(_, n)| *n >= 0.99 * total)
-        .map(|(le, _)| *le)
+    mesh_core::metrics::histogram_quantile(before, now, 0.99).map(|ms| ms.ceil() as u64)
 }
 
 /// What the scraper keeps: each proxy's last sample, and the edges computed from the last two.
@@ -221,6 +200,10 @@ impl MeshView {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 if now_secs().saturating_sub(view.viewed.load(Ordering::Relaxed)) < 60 {
                     view.scrape().await;
+                } else {
+                    // Nobody looks: forget, so the next look does not average rates over the idle gap.
+                    view.samples.lock().expect("samples lock").clear();
+                    view.edges.store(Arc::new(Vec::new()));
                 }
             }
         });
@@ -348,8 +331,9 @@ async fn fetch(addr: SocketAddr) -> Option<String> {
     let get = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+        // A proxy's metrics are kilobytes; a runaway answer is cut, not buffered whole.
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
+        (&mut s).take(16 << 20).read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8_lossy(&raw);
         Some(text.split_once("\r\n\r\n")?.1.to_string())
     };
@@ -388,6 +372,10 @@ istio_requests_total{reporter=\"waypoint\",source_workload=\"sleep\",source_work
         assert_eq!((http.total, http.errors), (2.0, 2.0));
         let before = BTreeMap::from([(5, 0.0), (10, 0.0), (u64::MAX, 0.0)]);
         let now = BTreeMap::from([(5, 90.0), (10, 100.0), (u64::MAX, 100.0)]);
-        assert_eq!(p99(&before, &now), Some(10));
+        assert_eq!(
+            p99(&before, &now),
+            Some(10),
+            "interpolated in the (5, 10] bucket: 9.5, rounded up"
+        );
     }
 }

@@ -285,6 +285,11 @@ impl Conn {
                             break;
                         }
                     }
+                    // A change that touched nothing this proxy holds leaves it current without a push.
+                    self.proxies.sent(self.id, snap.version);
+                    if self.types.values().all(|t| t.pending.is_none()) {
+                        self.proxies.acked(self.id, snap.version);
+                    }
                 }
             }
         }

@@ -20,11 +20,16 @@ fn emit_git_commit() {
         "cargo:rustc-env=MESH_GIT_COMMIT={commit}{}",
         if dirty { "-dirty" } else { "" }
     );
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{r}");
+    // Only files that exist: a missing one (a branch ref once refs are packed) would rerun this on every build.
+    let watch = |path: Option<String>| {
+        if let Some(p) = path.filter(|p| std::path::Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={p}");
         }
-        println!("cargo:rerun-if-changed={dir}/index");
+    };
+    watch(git(&["rev-parse", "--git-path", "HEAD"]));
+    watch(git(&["rev-parse", "--git-path", "packed-refs"]));
+    watch(git(&["rev-parse", "--git-path", "index"]));
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch(git(&["rev-parse", "--git-path", &r]));
     }
 }

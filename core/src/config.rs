@@ -44,17 +44,25 @@ pub fn load_yaml<T: serde::de::DeserializeOwned>(
         path: path.display().to_string(),
         source,
     })?;
-    // Through a generic value first, so a type error can name the field path rather than only a position.
+    // Typed first (the YAML library's own scalar rules: `version: 2` is a fine string); only on failure again
+    // through a generic value, so the error can name the field path rather than a position.
+    let typed = match mesh_primitives::yaml::from_str(&text) {
+        Ok(t) => return Ok(t),
+        Err(e) => e.without_snippet().to_string(),
+    };
     let value: serde_json::Value = mesh_primitives::yaml::from_str(&text)
         .map_err(|e| parse(e.without_snippet().to_string()))?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        let reason = mesh_primitives::suggest::explain_unknown_field(&e.into_inner().to_string());
-        parse(match field.as_str() {
-            "." => reason,
-            _ => format!("{field}: {reason}"),
-        })
-    })
+    let explain = mesh_primitives::suggest::explain_unknown_field;
+    Err(parse(
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Err(e) => match e.path().to_string().as_str() {
+                "." => explain(&e.into_inner().to_string()),
+                field => format!("{field}: {}", explain(&e.into_inner().to_string())),
+            },
+            // The generic route accepted what the typed one refused: the typed error it is.
+            Ok(_) => explain(&typed),
+        },
+    ))
 }
 
 /// Reads `name` from the environment into `slot` when set.
@@ -126,5 +134,36 @@ pub fn check_env_listed(source: &str, env: &[(&str, &str)]) -> Result<(), String
             read.difference(&listed).collect::<Vec<_>>(),
             listed.difference(&read).collect::<Vec<_>>()
         ))
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("mesh-config-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn scalars_read_as_the_yaml_library_reads_them_and_errors_name_the_field() {
+        // `version: 2` is a string label, as it always was.
+        let p = file(
+            "state.yaml",
+            "workloads:\n- {name: w, namespace: d, ip: 198.18.1.2, node: n, labels: {version: 2}}\n",
+        );
+        let state: crate::workload::state::LocalState = load_yaml("local state file", &p).unwrap();
+        assert_eq!(state.workloads[0].labels["version"], "2");
+        let p = file(
+            "bad.yaml",
+            "workloads:\n- {name: w, namespace: d, ip: not-an-ip, node: n}\n",
+        );
+        let err = load_yaml::<crate::workload::state::LocalState>("local state file", &p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workloads[0].ip: "), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }

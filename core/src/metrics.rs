@@ -40,6 +40,61 @@ pub fn register_build(registry: &mut Registry, component: &'static str) {
     );
 }
 
+/// One sample line of the Prometheus text format (what `/metrics` writes): the name, the labels and the value;
+/// `None` for comments and lines that are not samples. Label values are the mesh's own (no escaped quotes).
+pub fn parse_sample(line: &str) -> Option<(&str, std::collections::HashMap<&str, &str>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (head, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let Some((name, labels)) = head.split_once('{') else {
+        return Some((head, Default::default(), value));
+    };
+    let labels = labels
+        .trim_end_matches('}')
+        .split("\",")
+        .filter_map(|p| p.split_once("=\""))
+        .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
+        .collect();
+    Some((name, labels, value))
+}
+
+/// The value under which a share `q` of the observations between two readings of a histogram fell (cumulative
+/// buckets `le` → count, `u64::MAX` for `+Inf`), interpolated linearly within its bucket as Prometheus'
+/// `histogram_quantile` does; `None` when nothing was observed in between.
+pub fn histogram_quantile(
+    before: &std::collections::BTreeMap<u64, f64>,
+    now: &std::collections::BTreeMap<u64, f64>,
+    q: f64,
+) -> Option<f64> {
+    let delta: Vec<(u64, f64)> = now
+        .iter()
+        .map(|(le, n)| (*le, n - before.get(le).copied().unwrap_or(0.0)))
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0u64, 0.0);
+    for (le, n) in delta {
+        if n >= rank {
+            if le == u64::MAX {
+                return Some(prev.0 as f64);
+            }
+            let within = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                1.0
+            };
+            return Some(prev.0 as f64 + (le - prev.0) as f64 * within);
+        }
+        prev = (le, n);
+    }
+    None
+}
+
 /// The standard `process_*` metrics of the Prometheus client libraries (what Istio's processes export too), read
 /// from `/proc/self` at each scrape.
 fn process_metrics(out: &mut String) {

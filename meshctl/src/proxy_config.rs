@@ -82,7 +82,12 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), AdminE
         addr: addr.into(),
         source,
     };
-    let mut stream = TcpStream::connect(addr).map_err(connect)?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(connect)?
+        .next()
+        .ok_or_else(|| AdminError::Address { addr: addr.into() })?;
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(connect)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(connect)?;

@@ -13,23 +13,7 @@ use anyhow::Result;
 use crate::http::{request, Req};
 use crate::Cluster;
 
-/// One metric line: name, labels, value.
-fn parse_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (head, value) = line.rsplit_once(' ')?;
-    let value = value.parse().ok()?;
-    let Some((name, labels)) = head.split_once('{') else {
-        return Some((head, BTreeMap::new(), value));
-    };
-    let mut out = BTreeMap::new();
-    for pair in labels.trim_end_matches('}').split("\",") {
-        let (k, v) = pair.split_once("=\"")?;
-        out.insert(k.trim_start_matches(','), v.trim_end_matches('"'));
-    }
-    Some((name, out, value))
-}
+use mesh_core::metrics::{histogram_quantile, parse_sample};
 
 /// What the table is computed from: counters as they stand at one moment.
 #[derive(Clone, Debug, Default)]
@@ -48,7 +32,7 @@ impl Sample {
     pub fn take(c: &Cluster) -> Result<Self> {
         let mut s = Sample::default();
         for line in c.waypoint_metrics("waypoint")?.lines() {
-            let Some((name, labels, value)) = parse_line(line) else {
+            let Some((name, labels, value)) = parse_sample(line) else {
                 continue;
             };
             if labels.get("destination_service_name") != Some(&"order-service") {
@@ -75,7 +59,7 @@ impl Sample {
         }
         for node in 0..c.nodes.len() {
             for line in c.metrics(node)?.lines() {
-                let Some((name, labels, _)) = parse_line(line) else {
+                let Some((name, labels, _)) = parse_sample(line) else {
                     continue;
                 };
                 if name == "istio_tcp_connections_opened_total"
@@ -92,36 +76,6 @@ impl Sample {
         }
         Ok(s)
     }
-}
-
-/// The latency below which `q` of the requests between two samples fell (linear within a bucket), in ms.
-fn quantile(before: &BTreeMap<u64, f64>, now: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
-    let delta: Vec<(u64, f64)> = now
-        .iter()
-        .map(|(le, n)| (*le, n - before.get(le).copied().unwrap_or(0.0)))
-        .collect();
-    let total = delta.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev = (0u64, 0.0);
-    for (le, n) in delta {
-        if n >= rank {
-            if le == u64::MAX {
-                return Some(prev.0 as f64);
-            }
-            let width = (le - prev.0) as f64;
-            let within = if n > prev.1 {
-                (rank - prev.1) / (n - prev.1)
-            } else {
-                1.0
-            };
-            return Some(prev.0 as f64 + width * within);
-        }
-        prev = (le, n);
-    }
-    None
 }
 
 /// The table for the interval between two samples `secs` apart.
@@ -145,7 +99,8 @@ pub fn render(before: &Sample, now: &Sample, secs: f64) -> Vec<String> {
         lines.push(format!("  {v:<4} {:>7.1} req/s  {share:>5.1}%", rate(v)));
     }
     let ms = |q| {
-        quantile(&before.buckets, &now.buckets, q).map_or("-".to_string(), |v| format!("{v:.1} ms"))
+        histogram_quantile(&before.buckets, &now.buckets, q)
+            .map_or("-".to_string(), |v| format!("{v:.1} ms"))
     };
     lines.push(format!(
         "  p50 {}  p99 {}  errors {:.1}/s",
@@ -185,18 +140,23 @@ mod tests {
 
     #[test]
     fn lines_and_quantiles() {
-        let (name, labels, v) =
-            parse_line("istio_requests_total{reporter=\"waypoint\",destination_version=\"v1\"} 42")
-                .unwrap();
+        let (name, labels, v) = parse_sample(
+            "istio_requests_total{reporter=\"waypoint\",destination_version=\"v1\"} 42",
+        )
+        .unwrap();
         assert_eq!(
             (name, labels["destination_version"], v),
             ("istio_requests_total", "v1", 42.0)
         );
-        assert!(parse_line("# TYPE x counter").is_none());
+        assert!(parse_sample("# TYPE x counter").is_none());
         let before = BTreeMap::from([(1, 0.0), (5, 0.0), (u64::MAX, 0.0)]);
         let now = BTreeMap::from([(1, 50.0), (5, 100.0), (u64::MAX, 100.0)]);
-        assert_eq!(quantile(&before, &now, 0.5), Some(1.0));
-        assert_eq!(quantile(&before, &now, 0.75), Some(3.0));
-        assert_eq!(quantile(&now, &now, 0.5), None, "no requests in between");
+        assert_eq!(histogram_quantile(&before, &now, 0.5), Some(1.0));
+        assert_eq!(histogram_quantile(&before, &now, 0.75), Some(3.0));
+        assert_eq!(
+            histogram_quantile(&now, &now, 0.5),
+            None,
+            "no requests in between"
+        );
     }
 }

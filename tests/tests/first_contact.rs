@@ -155,11 +155,12 @@ fn the_readme_by_hand_section_runs_as_written() {
         (1..=30).contains(&v2),
         "split off: v1 {v1}, v2 {v2}\n{context}"
     );
-    // ztunnel's metrics count mutual-TLS connections (the `grep -c` line).
-    let mtls = lines
-        .iter()
-        .filter_map(|l| l.parse::<usize>().ok())
-        .next_back();
+    // ztunnel's metrics count mutual-TLS connections.
+    let mtls = lines.iter().find_map(|l| {
+        l.strip_prefix("mTLS connection series: ")?
+            .parse::<usize>()
+            .ok()
+    });
     assert!(
         mtls.is_some_and(|n| n >= 1),
         "no mutual_tls series\n{context}"

@@ -81,13 +81,17 @@ impl Config {
         env_override("ADMIN_ADDR", &mut cfg.admin_addr)?;
         env_override("METRICS_ADDR", &mut cfg.metrics_addr)?;
         env_override("READINESS_ADDR", &mut cfg.readiness_addr)?;
-        if let Ok(address) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        // Empty means unset, as OpenTelemetry's SDKs read it.
+        if let Some(address) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|a| !a.is_empty())
+        {
             match &mut cfg.tracing {
                 Some(t) => t.address = address,
                 None => {
                     cfg.tracing = Some(crate::trace::TracingConfig {
                         address,
-                        sampling_percentage: 1.0,
+                        sampling_percentage: crate::trace::default_sampling(),
                     })
                 }
             }

@@ -54,14 +54,16 @@ pub async fn handle(
     let mut traced = ctx.tracer.as_ref().map(|t| Traced {
         context: trace::Context::continue_or_start(req.headers(), t.sampling_percentage),
         start: std::time::SystemTime::now(),
-        name: format!("{} {}", req.method(), req.uri().path()),
+        method: req.method().clone(),
         route: String::new(),
         cluster: String::new(),
     });
     let (mut f, service) = route_request(&ctx, &down, req, traced.as_mut()).await;
     record(&ctx, &down, &f, &service, protocol, started.elapsed());
     if let (Some(tracer), Some(t)) = (&ctx.tracer, traced) {
-        tracer.record(t.finish(&f, &service));
+        if t.context.sampled {
+            tracer.record(t.finish(&f, &service));
+        }
     }
     if let Some(line) = line {
         line.log(&down, &f, &service, started.elapsed());
@@ -109,7 +111,7 @@ struct Routed<'a> {
 struct Traced {
     context: trace::Context,
     start: std::time::SystemTime,
-    name: String,
+    method: http::Method,
     route: String,
     cluster: String,
 }
@@ -120,9 +122,15 @@ impl Traced {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_string(), |w| w.ip.to_string());
+        // Named by route, not path: paths carry ids, and span names should stay few.
+        let by = if self.route.is_empty() {
+            service
+        } else {
+            self.route.as_str()
+        };
         trace::Finished {
             context: self.context,
-            name: self.name,
+            name: format!("{} {by}", self.method),
             start: self.start,
             end: std::time::SystemTime::now(),
             attributes: vec![

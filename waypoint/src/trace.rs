@@ -28,7 +28,7 @@ pub struct TracingConfig {
     pub sampling_percentage: f64,
 }
 
-fn default_sampling() -> f64 {
+pub fn default_sampling() -> f64 {
     1.0
 }
 
@@ -43,7 +43,11 @@ pub struct Context {
     b3: bool,
 }
 
+/// `N` bytes from lowercase hex (the W3C and B3 forms); all zero is invalid.
 fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if !lower_hex(s) {
+        return None;
+    }
     let mut out = [0u8; N];
     hex::decode_to_slice(s, &mut out).ok()?;
     (out != [0u8; N]).then_some(out)
@@ -68,22 +72,31 @@ impl Context {
     pub fn continue_or_start(headers: &HeaderMap, sampling_percentage: f64) -> Self {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let span_id = rand::random::<[u8; 8]>();
+        // B3 leaves sampling to the receiver when it does not say ("defer"): then our own rate decides.
+        let ours = || rand::random::<f64>() * 100.0 < sampling_percentage;
         let incoming = get("traceparent")
             .and_then(parse_traceparent)
             .map(|(trace, parent, sampled)| (trace, parent, sampled, false))
             .or_else(|| {
                 let trace = b3_trace_id(get("x-b3-traceid")?)?;
                 let parent = hex_bytes(get("x-b3-spanid")?)?;
-                let sampled = get("x-b3-sampled").is_none_or(|s| s == "1" || s == "true")
-                    || get("x-b3-flags") == Some("1");
+                let sampled = match (get("x-b3-sampled"), get("x-b3-flags")) {
+                    (_, Some("1")) | (Some("1" | "true"), _) => true,
+                    (Some(_), _) => false,
+                    (None, _) => ours(),
+                };
                 Some((trace, parent, sampled, true))
             })
             .or_else(|| {
-                // Single header: {trace}-{span}[-{sampled}[-{parent}]].
+                // Single header: {trace}-{span}[-{sampled}[-{parent}]] (a lone `0` denies sampling).
                 let mut parts = get("b3")?.split('-');
                 let trace = b3_trace_id(parts.next()?)?;
                 let parent = hex_bytes(parts.next()?)?;
-                let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
+                let sampled = match parts.next() {
+                    Some("1" | "d") => true,
+                    Some(_) => false,
+                    None => ours(),
+                };
                 Some((trace, parent, sampled, true))
             });
         match incoming {
@@ -98,7 +111,8 @@ impl Context {
                 trace_id: rand::random(),
                 parent: None,
                 span_id,
-                sampled: rand::random::<f64>() * 100.0 < sampling_percentage,
+                // `b3: 0` asks for no sampling without naming a trace.
+                sampled: get("b3") != Some("0") && ours(),
                 b3: false,
             },
         }
@@ -111,6 +125,10 @@ impl Context {
         let flags = if self.sampled { "01" } else { "00" };
         if self.b3 {
             headers.remove("b3");
+        }
+        if self.parent.is_none() {
+            // A new trace: the caller's vendor state belonged to another one.
+            headers.remove("tracestate");
         }
         let mut set = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -129,18 +147,37 @@ impl Context {
     }
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>`: trace id, parent span id, sampled flag. Other versions are read the same way,
-/// as the W3C spec asks, when their first four fields have this shape.
+fn lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` (55 characters): trace id, parent span id, sampled flag. A later version is
+/// read the same way when its first four fields have this shape and anything after them starts with `-`, as the
+/// W3C spec asks. Anything else starts a new trace.
 fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    if version.len() != 2 || version == "ff" {
+    let v = v.trim();
+    let head = v.get(..55)?;
+    let rest = &v[55..];
+    let mut parts = head.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let shaped = parts.next().is_none()
+        && version.len() == 2
+        && flags.len() == 2
+        && lower_hex(version)
+        && lower_hex(flags)
+        && version != "ff";
+    let tail_ok = if version == "00" {
+        rest.is_empty()
+    } else {
+        rest.is_empty() || rest.starts_with('-')
+    };
+    if !shaped || !tail_ok {
         return None;
     }
-    let trace = hex_bytes(parts.next()?)?;
-    let parent = hex_bytes(parts.next()?)?;
-    let flags = u8::from_str_radix(parts.next()?.get(..2)?, 16).ok()?;
-    Some((trace, parent, flags & 1 == 1))
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((hex_bytes(trace)?, hex_bytes(parent)?, flags & 1 == 1))
 }
 
 /// What the waypoint records of one request.
@@ -167,8 +204,10 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 impl Tracer {
     /// Starts the exporter task; `service` names this waypoint in the spans' resource.
     pub fn start(cfg: &TracingConfig, service: String) -> Result<Self, tonic::transport::Error> {
+        // A collector that accepts but never answers must not stall the exporter: every export has a deadline.
         let channel = tonic::transport::Endpoint::from_shared(cfg.address.clone())?
             .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
             .connect_lazy();
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(export(TraceServiceClient::new(channel), rx, service));
@@ -330,5 +369,20 @@ mod tests {
             assert!(c.parent.is_none() && c.sampled, "{bad}: a new trace");
         }
         assert!(!Context::continue_or_start(&HeaderMap::new(), 0.0).sampled);
+        // A later version may add fields after the flags.
+        let v1 = format!("01-{}-later-fields", &tp[3..]);
+        assert!(
+            Context::continue_or_start(&headers(&[("traceparent", &v1)]), 0.0)
+                .parent
+                .is_some()
+        );
+        // B3 without a sampling decision defers to ours; `b3: 0` denies it.
+        let deferred = headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+        ]);
+        assert!(!Context::continue_or_start(&deferred, 0.0).sampled);
+        assert!(Context::continue_or_start(&deferred, 100.0).sampled);
+        assert!(!Context::continue_or_start(&headers(&[("b3", "0")]), 100.0).sampled);
     }
 }
