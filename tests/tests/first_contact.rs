@@ -83,6 +83,25 @@ fn workdir() -> PathBuf {
     dir
 }
 
+/// The child's exit status, polled until `limit`; past it the child is killed and `None` returned.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn log(name: &str) -> String {
     std::fs::read_to_string(Path::new("/tmp/mesh-example").join(name)).unwrap_or_default()
 }
@@ -115,17 +134,7 @@ fn the_readme_by_hand_section_runs_as_written() {
         .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(180));
     let stdout = std::fs::read_to_string(&out_file).unwrap();
     let stderr = std::fs::read_to_string(&err_file).unwrap();
     let context = format!(
@@ -291,17 +300,8 @@ fn the_live_local_run_shows_its_table_and_ends_cleanly_on_ctrl_c() {
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mesh-local did not end on Ctrl-C:\n{}", read());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("mesh-local did not end on Ctrl-C:\n{}", read()));
     let out = read();
     let _ = std::fs::remove_file(&out_file);
     table.unwrap_or_else(|e| panic!("{e}:\n{out}"));
@@ -486,17 +486,8 @@ fn a_fatal_error_is_one_line_naming_the_setting_at_fault() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{binary} {args:?} did not exit (expected: {expected})");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = exit_within(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{binary} {args:?} did not exit (expected: {expected})"));
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.code(), Some(1), "{binary} {args:?}: {stderr}");
